@@ -1,0 +1,184 @@
+// mailwarden.yaml → a validated, frozen Config. Every error carries file:line:col.
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { LineCounter, parseDocument, isMap, type YAMLMap } from 'yaml';
+import { ConfigError, NodeReader } from './reader.ts';
+import { parseListen, type ListenAddress } from './listen.ts';
+
+export const DEFAULT_CONFIG_FILE = '/etc/mailwarden/mailwarden.yaml';
+
+export type DirectoryConfig =
+  | { readonly backend: 'yaml'; readonly path: string }
+  | {
+      readonly backend: 'mysql';
+      readonly url: string;
+      readonly poolSize: number;
+      readonly queryTimeoutMs: number;
+      readonly cacheTtlMs: number;
+      readonly cacheSize: number;
+    };
+
+export interface UnixListenOptions {
+  /** Socket file mode, e.g. 0o660. */
+  readonly mode: number;
+  readonly user?: string;
+  readonly group?: string;
+}
+
+export interface ServiceListen {
+  readonly listen: ListenAddress;
+  readonly unix: UnixListenOptions;
+}
+
+export interface Argon2Params {
+  readonly memoryCost: number;
+  readonly timeCost: number;
+  readonly parallelism: number;
+}
+
+export interface Config {
+  readonly file: string;
+  readonly directory: DirectoryConfig;
+  /** Postfix recipient_delimiter: each character is a delimiter; '' disables extensions. */
+  readonly recipientDelimiter: string;
+  readonly log: { readonly level: string };
+  readonly dns: { readonly servers: readonly string[]; readonly timeoutMs: number };
+  readonly passwords: { readonly argon2: Argon2Params };
+  readonly socketmap?: ServiceListen;
+}
+
+const TOP_KEYS = ['directory', 'recipient_delimiter', 'log', 'dns', 'passwords', 'socketmap'];
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** Current defaults for new password hashes: OWASP's argon2id baseline (19 MiB, t=2, p=1), ~25 ms per verify. */
+export const DEFAULT_ARGON2: Argon2Params = { memoryCost: 19456, timeCost: 2, parallelism: 1 };
+
+export function loadConfig(file: string): Config {
+  const path = resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError([`${path}: cannot read config: ${(err as NodeJS.ErrnoException).code ?? String(err)}`]);
+  }
+  return parseConfig(text, path);
+}
+
+export function parseConfig(text: string, path: string): Config {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const r = new NodeReader(path, doc, lines);
+  for (const e of doc.errors) {
+    const pos = e.linePos?.[0];
+    r.issues.push(`${path}${pos ? `:${pos.line}:${pos.col}` : ''}: ${e.message.split('\n')[0]}`);
+  }
+  if (r.issues.length) throw new ConfigError(r.issues);
+  const root = doc.contents;
+  if (root !== null && !isMap(root)) throw new ConfigError([`${r.where(root)}: the config must be a mapping of sections`]);
+  const top = (root ?? undefined) as YAMLMap | undefined;
+  if (top) r.checkKeys(top, '', TOP_KEYS);
+  const base = dirname(path);
+
+  const directory = readDirectory(r, top, base);
+
+  const delimiter = r.string(top, 'recipient_delimiter', 'recipient_delimiter') ?? '+';
+  if (/[@\s"]/.test(delimiter)) r.fail(r.node(top, 'recipient_delimiter'), 'recipient_delimiter must not contain @, quotes or spaces');
+
+  const logSec = r.section(top, 'log', 'log', ['level']);
+  const level = r.string(logSec, 'level', 'log.level') ?? 'info';
+  if (!LOG_LEVELS.includes(level)) r.fail(r.node(logSec, 'level'), `log.level must be one of ${LOG_LEVELS.join(', ')}`);
+
+  const dnsSec = r.section(top, 'dns', 'dns', ['servers', 'timeout']);
+  const servers = r.stringList(dnsSec, 'servers', 'dns.servers') ?? [];
+  const dnsTimeout = r.duration(dnsSec, 'timeout', 'dns.timeout') ?? 5000;
+
+  const pwSec = r.section(top, 'passwords', 'passwords', ['argon2']);
+  const a2 = r.section(pwSec, 'argon2', 'passwords.argon2', ['memory_cost', 'time_cost', 'parallelism']);
+  const argon2: Argon2Params = {
+    memoryCost: r.integer(a2, 'memory_cost', 'passwords.argon2.memory_cost', 8192, 4 * 1024 * 1024) ?? DEFAULT_ARGON2.memoryCost,
+    timeCost: r.integer(a2, 'time_cost', 'passwords.argon2.time_cost', 1, 100) ?? DEFAULT_ARGON2.timeCost,
+    parallelism: r.integer(a2, 'parallelism', 'passwords.argon2.parallelism', 1, 16) ?? DEFAULT_ARGON2.parallelism,
+  };
+
+  const socketmap = readService(r, top, 'socketmap', []);
+
+  if (r.issues.length) throw new ConfigError(r.issues);
+  return deepFreeze({
+    file: path,
+    directory,
+    recipientDelimiter: delimiter,
+    log: { level },
+    dns: { servers, timeoutMs: dnsTimeout },
+    passwords: { argon2 },
+    ...(socketmap ? { socketmap } : {}),
+  });
+}
+
+function readDirectory(r: NodeReader, top: YAMLMap | undefined, base: string): DirectoryConfig {
+  const sec = r.section(top, 'directory', 'directory', [
+    'backend', 'path', 'url', 'pool_size', 'query_timeout', 'cache_ttl', 'cache_size',
+  ]);
+  if (!sec) {
+    r.fail(top ?? null, 'missing required section: directory');
+    return { backend: 'yaml', path: '' };
+  }
+  const backend = r.string(sec, 'backend', 'directory.backend') ?? 'yaml';
+  if (backend === 'yaml') {
+    const path = r.string(sec, 'path', 'directory.path');
+    if (!path) r.fail(sec, 'directory.path is required for the yaml backend');
+    if (r.node(sec, 'url')) r.fail(r.node(sec, 'url'), 'directory.url is only for the mysql backend');
+    return { backend, path: resolve(base, path ?? '') };
+  }
+  if (backend === 'mysql') {
+    const url = r.string(sec, 'url', 'directory.url');
+    if (!url) r.fail(sec, 'directory.url is required for the mysql backend');
+    else if (!/^mysql:\/\//.test(url)) r.fail(r.node(sec, 'url'), 'directory.url must look like mysql://user:password@host:port/database');
+    return {
+      backend,
+      url: url ?? '',
+      poolSize: r.integer(sec, 'pool_size', 'directory.pool_size', 1, 1000) ?? 10,
+      queryTimeoutMs: r.duration(sec, 'query_timeout', 'directory.query_timeout') ?? 2000,
+      cacheTtlMs: r.duration(sec, 'cache_ttl', 'directory.cache_ttl') ?? 60_000,
+      cacheSize: r.integer(sec, 'cache_size', 'directory.cache_size', 0, 100_000_000) ?? 1_000_000,
+    };
+  }
+  r.fail(r.node(sec, 'backend'), `directory.backend must be yaml or mysql, got ${JSON.stringify(backend)}`);
+  return { backend: 'yaml', path: '' };
+}
+
+/** A service section: present = on. `listen` in Postfix notation, plus unix socket mode/user/group. */
+export function readService(r: NodeReader, top: YAMLMap | undefined, name: string, extraKeys: readonly string[]): ServiceListen | undefined {
+  const sec = r.section(top, name, name, ['listen', 'mode', 'user', 'group', ...extraKeys]);
+  if (!sec) return undefined;
+  const text = r.string(sec, 'listen', `${name}.listen`);
+  if (!text) {
+    r.fail(sec, `${name}.listen is required (unix:/path or inet:127.0.0.1:port)`);
+    return undefined;
+  }
+  const listen = parseListen(text);
+  if (typeof listen === 'string') {
+    r.fail(r.node(sec, 'listen'), `${name}.listen: ${listen}`);
+    return undefined;
+  }
+  const modeText = r.string(sec, 'mode', `${name}.mode`) ?? '0660';
+  if (!/^0?[0-7]{3}$/.test(modeText)) r.fail(r.node(sec, 'mode'), `${name}.mode must be an octal mode like 0660`);
+  const user = r.string(sec, 'user', `${name}.user`);
+  const group = r.string(sec, 'group', `${name}.group`);
+  return {
+    listen,
+    unix: { mode: parseInt(modeText, 8), ...(user ? { user } : {}), ...(group ? { group } : {}) },
+  };
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** --config, then $MAILWARDEN_CONFIG, then the system default. */
+export function configPath(explicit: string | undefined): string {
+  return explicit ?? process.env['MAILWARDEN_CONFIG'] ?? DEFAULT_CONFIG_FILE;
+}

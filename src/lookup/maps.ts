@@ -1,0 +1,252 @@
+// What each Postfix lookup table means in terms of the directory. A socketmap
+// only ever receives the full key (postfix.md §2.2: no partial keys), so
+// everything a hash: table gets from Postfix's own lookup order — extension
+// stripping, @domain catch-alls — is done here, once, for every protocol.
+import {
+  addressKey, catchAllKey, formatAddress, normalizeDomain, parseAddress, splitExtension, withExtension,
+  type MailAddress,
+} from '../core/address.ts';
+import type { Alias, DirectoryReader, Domain, Mailbox } from '../directory/types.ts';
+
+export const MAP_NAMES = [
+  'virtual_mailbox_domains',
+  'virtual_alias_domains',
+  'virtual_mailbox_maps',
+  'virtual_alias_maps',
+  'smtpd_sender_login_maps',
+] as const;
+export type MapName = (typeof MAP_NAMES)[number];
+
+export function isMapName(name: string): name is MapName {
+  return (MAP_NAMES as readonly string[]).includes(name);
+}
+
+/** A lookup answer with the rule that produced it, so "why" is always one log line away. */
+export interface LookupResult {
+  readonly found: boolean;
+  /** Postfix table value (comma-separated lists for address results). */
+  readonly value?: string;
+  readonly rule: string;
+}
+
+const notFound = (rule: string): LookupResult => ({ found: false, rule });
+const found = (value: string, rule: string): LookupResult => ({ found: true, value, rule });
+
+/** Alias chains are followed this deep when working out who owns an address (Postfix: virtual_alias_recursion_limit). */
+const MAX_OWNER_DEPTH = 10;
+
+export interface MapOptions {
+  /** Postfix recipient_delimiter; '' disables address extensions. */
+  readonly recipientDelimiter: string;
+}
+
+export class DirectoryMaps {
+  readonly #dir: DirectoryReader;
+  readonly #delimiter: string;
+
+  constructor(dir: DirectoryReader, options: MapOptions) {
+    this.#dir = dir;
+    this.#delimiter = options.recipientDelimiter;
+  }
+
+  lookup(map: MapName, key: string): Promise<LookupResult> {
+    switch (map) {
+      case 'virtual_mailbox_domains': return this.mailboxDomain(key);
+      case 'virtual_alias_domains': return this.aliasDomain(key);
+      case 'virtual_mailbox_maps': return this.mailbox(key);
+      case 'virtual_alias_maps': return this.alias(key);
+      case 'smtpd_sender_login_maps': return this.senderLogins(key);
+    }
+  }
+
+  /** A domain we deliver to (virtual_mailbox_domains). Parent domains never match: no wildcard hosting. */
+  async mailboxDomain(key: string): Promise<LookupResult> {
+    const name = normalizeDomain(key);
+    if (!name) return notFound('not a domain name');
+    const d = await this.#dir.findDomain(name);
+    if (!d) return notFound('domain not hosted');
+    if (d.aliasFor) return notFound(`alias domain for ${d.aliasFor} (answered by virtual_alias_domains)`);
+    if (!d.enabled) return notFound('domain disabled');
+    return found(name, 'mailbox domain');
+  }
+
+  /** A domain whose addresses are rewritten to another domain (virtual_alias_domains). */
+  async aliasDomain(key: string): Promise<LookupResult> {
+    const name = normalizeDomain(key);
+    if (!name) return notFound('not a domain name');
+    const d = await this.#dir.findDomain(name);
+    if (!d?.aliasFor) return notFound(d ? 'mailbox domain (answered by virtual_mailbox_domains)' : 'domain not hosted');
+    if (!d.enabled) return notFound('alias domain disabled');
+    const target = await this.#dir.findDomain(d.aliasFor);
+    if (!target || !target.enabled || target.aliasFor) return notFound(`alias domain target ${d.aliasFor} not an enabled mailbox domain`);
+    return found(d.aliasFor, `alias domain for ${d.aliasFor}`);
+  }
+
+  /** Recipient with a mailbox here (virtual_mailbox_maps); the value is a Maildir path relative to virtual_mailbox_base. */
+  async mailbox(key: string): Promise<LookupResult> {
+    const addr = parseAddress(key);
+    if (!addr) return notFound('not an address');
+    const domain = await this.#localDomain(addr.domain);
+    if (typeof domain === 'string') return notFound(domain);
+    const hit = await this.#findMailbox(addr);
+    if (!hit) return notFound('no such mailbox');
+    if (!hit.mailbox.enabled) return notFound(`mailbox ${hit.mailbox.address} disabled`);
+    return found(`${addr.domain}/${maildirName(hit.base)}/`, `mailbox ${hit.mailbox.address}${hit.stripped ? ` (extension stripped)` : ''}`);
+  }
+
+  /**
+   * Alias expansion (virtual_alias_maps), in Postfix's own order for a fixed table:
+   * exact alias, exact mailbox, alias/mailbox without the extension, then the
+   * `@domain` catch-all. A mailbox answers NOTFOUND (deliver as is), which is
+   * how a real mailbox wins over the catch-all. A disabled mailbox or alias
+   * also answers NOTFOUND, so it never falls through to the catch-all.
+   */
+  async alias(key: string): Promise<LookupResult> {
+    const addr = parseAddress(key);
+    if (!addr) return notFound('not an address');
+    const d = await this.#dir.findDomain(addr.domain);
+    if (!d || !d.enabled) return notFound(d ? 'domain disabled' : 'domain not hosted');
+    if (d.aliasFor) return this.#aliasDomainRewrite(addr, d);
+    const r = await this.#resolveLocal(addr);
+    switch (r.kind) {
+      case 'alias':
+        return found(r.targets.join(','), `alias ${r.alias.address}${r.extension ? ' (extension propagated)' : ''}`);
+      case 'catch-all':
+        return found(r.targets.join(','), `catch-all ${r.alias.address}`);
+      case 'mailbox':
+        return notFound(`mailbox ${r.mailbox.address}${r.mailbox.enabled ? '' : ' (disabled)'}, delivered as is`);
+      case 'disabled-alias':
+        return notFound(`alias ${r.alias.address} disabled`);
+      case 'none':
+        return notFound('no alias, mailbox or catch-all');
+    }
+  }
+
+  /** Owners of an envelope sender (smtpd_sender_login_maps): the value is the SASL logins allowed to use it. */
+  async senderLogins(key: string): Promise<LookupResult> {
+    const addr = parseAddress(key);
+    if (!addr) return notFound('not an address');
+    const d = await this.#dir.findDomain(addr.domain);
+    if (!d || !d.enabled) return notFound(d ? 'domain disabled' : 'domain not hosted');
+    const owners = new Set<string>();
+    const why: string[] = [];
+    let local: MailAddress = addr;
+    if (d.aliasFor) {
+      const target = await this.#dir.findDomain(d.aliasFor);
+      if (!target?.enabled) return notFound(`alias domain target ${d.aliasFor} disabled`);
+      local = { local: addr.local, domain: d.aliasFor };
+      why.push(`alias domain ${d.name} -> ${d.aliasFor}`);
+    }
+    const grantKeys = new Set([addressKey(addr), addressKey(local), catchAllKey(addr.domain), catchAllKey(local.domain)]);
+    const split = splitExtension(local.local, this.#delimiter);
+    if (split) grantKeys.add(`${split.base}@${local.domain}`);
+    for (const k of grantKeys) {
+      for (const g of await this.#dir.findSenderGrants(k)) {
+        owners.add(g.login);
+        why.push(`grant ${g.address} -> ${g.login}`);
+      }
+    }
+    await this.#collectOwners(local, owners, why, new Set(), 0);
+    if (owners.size === 0) return notFound(why.length ? why.join('; ') : 'no mailbox, alias or grant owns this address');
+    return found([...owners].join(','), why.join('; '));
+  }
+
+  async #collectOwners(addr: MailAddress, owners: Set<string>, why: string[], seen: Set<string>, depth: number): Promise<void> {
+    const k = addressKey(addr);
+    if (seen.has(k) || depth > MAX_OWNER_DEPTH) return;
+    seen.add(k);
+    const r = await this.#resolveLocal(addr);
+    if (r.kind === 'mailbox' && r.mailbox.enabled) {
+      owners.add(r.mailbox.address);
+      why.push(`mailbox ${r.mailbox.address}`);
+    } else if (r.kind === 'alias') {
+      why.push(`alias ${r.alias.address}`);
+      for (const target of r.alias.targets) {
+        const t = parseAddress(target);
+        if (!t) continue;
+        const td = await this.#dir.findDomain(t.domain);
+        if (!td?.enabled) continue;
+        const resolved = td.aliasFor ? { local: t.local, domain: td.aliasFor } : t;
+        await this.#collectOwners(resolved, owners, why, seen, depth + 1);
+      }
+    }
+    // A catch-all target does not own every address of the domain: use a sender grant for that.
+  }
+
+  /** x@alias.domain → x@target.domain, but only for recipients the target would accept (no backscatter). */
+  async #aliasDomainRewrite(addr: MailAddress, d: Domain): Promise<LookupResult> {
+    const target = await this.#dir.findDomain(d.aliasFor!);
+    if (!target || !target.enabled || target.aliasFor) return notFound(`alias domain target ${d.aliasFor} not an enabled mailbox domain`);
+    const rewritten: MailAddress = { local: addr.local, domain: target.name };
+    const r = await this.#resolveLocal(rewritten);
+    const deliverable = r.kind === 'alias' || r.kind === 'catch-all' || (r.kind === 'mailbox' && r.mailbox.enabled);
+    if (!deliverable) return notFound(`alias domain ${d.name} -> ${target.name}: ${addressKey(rewritten)} not deliverable`);
+    return found(formatAddress(rewritten), `alias domain ${d.name} -> ${target.name}`);
+  }
+
+  async #localDomain(name: string): Promise<Domain | string> {
+    const d = await this.#dir.findDomain(name);
+    if (!d) return 'domain not hosted';
+    if (d.aliasFor) return `alias domain for ${d.aliasFor}`;
+    if (!d.enabled) return 'domain disabled';
+    return d;
+  }
+
+  async #findMailbox(addr: MailAddress): Promise<{ mailbox: Mailbox; base: string; stripped: boolean } | undefined> {
+    const exact = await this.#dir.findMailbox(addressKey(addr));
+    if (exact) return { mailbox: exact, base: addr.local, stripped: false };
+    const split = splitExtension(addr.local, this.#delimiter);
+    if (!split) return undefined;
+    const base = await this.#dir.findMailbox(`${split.base}@${addr.domain}`);
+    return base ? { mailbox: base, base: split.base, stripped: true } : undefined;
+  }
+
+  /** The local-domain resolution order shared by alias expansion and sender ownership. */
+  async #resolveLocal(addr: MailAddress): Promise<LocalResolution> {
+    const full = addressKey(addr);
+    const exactAlias = await this.#dir.findAlias(full);
+    if (exactAlias) return aliasResolution(exactAlias, undefined);
+    const exactMailbox = await this.#dir.findMailbox(full);
+    if (exactMailbox) return { kind: 'mailbox', mailbox: exactMailbox };
+    const split = splitExtension(addr.local, this.#delimiter);
+    if (split) {
+      const baseKey = `${split.base}@${addr.domain}`;
+      const baseAlias = await this.#dir.findAlias(baseKey);
+      if (baseAlias) return aliasResolution(baseAlias, split);
+      const baseMailbox = await this.#dir.findMailbox(baseKey);
+      if (baseMailbox) return { kind: 'mailbox', mailbox: baseMailbox };
+    }
+    const catchAll = await this.#dir.findAlias(catchAllKey(addr.domain));
+    if (catchAll?.enabled) return { kind: 'catch-all', alias: catchAll, targets: catchAll.targets.map(externalTarget) };
+    return { kind: 'none' };
+  }
+}
+
+type LocalResolution =
+  | { kind: 'alias'; alias: Alias; targets: string[]; extension: boolean }
+  | { kind: 'catch-all'; alias: Alias; targets: string[] }
+  | { kind: 'disabled-alias'; alias: Alias }
+  | { kind: 'mailbox'; mailbox: Mailbox }
+  | { kind: 'none' };
+
+function aliasResolution(alias: Alias, split: { delimiter: string; extension: string } | undefined): LocalResolution {
+  if (!alias.enabled) return { kind: 'disabled-alias', alias };
+  // Postfix propagate_unmatched_extensions (default includes "virtual"): the
+  // extension stripped to find the alias is re-attached to every target.
+  const targets = alias.targets.map((t) => {
+    if (!split) return externalTarget(t);
+    const a = parseAddress(t);
+    return a ? formatAddress(withExtension(a, split.delimiter, split.extension)) : t;
+  });
+  return { kind: 'alias', alias, targets, extension: split !== undefined };
+}
+
+/** Local parts may contain '/' (RFC 5322 atext); keep the path inside the domain directory. */
+function maildirName(local: string): string {
+  return local.replace(/[%/]/g, (c) => (c === '/' ? '%2F' : '%25'));
+}
+
+function externalTarget(target: string): string {
+  const a = parseAddress(target);
+  return a ? formatAddress(a) : target;
+}

@@ -1,0 +1,57 @@
+// The lookup service every protocol front-end calls: directory maps, a cache
+// in front of remote backends, and one debug log line per decision.
+import type { Logger } from 'pino';
+import type { DirectoryBackend } from '../directory/types.ts';
+import { LookupCache } from './cache.ts';
+import { DirectoryMaps, type LookupResult, type MapName } from './maps.ts';
+
+export interface LookupServiceOptions {
+  readonly recipientDelimiter: string;
+  /** Only used for remote backends. */
+  readonly cacheTtlMs: number;
+  readonly cacheSize: number;
+}
+
+export class LookupService {
+  readonly maps: DirectoryMaps;
+  readonly cache: LookupCache | undefined;
+  readonly #log: Logger;
+
+  constructor(directory: DirectoryBackend, options: LookupServiceOptions, log: Logger) {
+    this.maps = new DirectoryMaps(directory, { recipientDelimiter: options.recipientDelimiter });
+    this.#log = log;
+    if (directory.remote && options.cacheTtlMs > 0 && options.cacheSize > 0) {
+      const cache = new LookupCache(options.cacheTtlMs, options.cacheSize);
+      directory.onChange(() => cache.flush());
+      this.cache = cache;
+    }
+  }
+
+  /** Throws DirectoryError('unavailable') when the directory cannot answer: callers map that to a temporary failure. */
+  async lookup(map: MapName, key: string): Promise<LookupResult> {
+    const cache = this.cache;
+    if (!cache) {
+      const result = await this.maps.lookup(map, key);
+      this.#logDecision(map, key, result, false);
+      return result;
+    }
+    const now = Date.now();
+    const hit = cache.get(map, key, now);
+    if (hit) {
+      this.#logDecision(map, key, hit, true);
+      return hit;
+    }
+    const generation = cache.generation;
+    const result = await this.maps.lookup(map, key);
+    cache.set(map, key, result, generation, now);
+    this.#logDecision(map, key, result, false);
+    return result;
+  }
+
+  #logDecision(map: MapName, key: string, result: LookupResult, cached: boolean): void {
+    // isLevelEnabled first: building the object costs more than the lookup on a cache hit.
+    if (this.#log.isLevelEnabled('debug')) {
+      this.#log.debug({ map, key, found: result.found, value: result.value, rule: result.rule, cached }, 'lookup');
+    }
+  }
+}
