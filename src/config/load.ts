@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type YAMLMap } from 'yaml';
-import { ConfigError, NodeReader } from './reader.ts';
+import { ConfigError, NodeReader, yamlMessage } from './reader.ts';
 import { parseListen, type ListenAddress } from './listen.ts';
 
 export const DEFAULT_CONFIG_FILE = '/etc/mailwarden/mailwarden.yaml';
@@ -66,11 +66,11 @@ export function loadConfig(file: string): Config {
 
 export function parseConfig(text: string, path: string): Config {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
   const r = new NodeReader(path, doc, lines);
   for (const e of doc.errors) {
     const pos = e.linePos?.[0];
-    r.issues.push(`${path}${pos ? `:${pos.line}:${pos.col}` : ''}: ${e.message.split('\n')[0]}`);
+    r.issues.push(`${path}${pos ? `:${pos.line}:${pos.col}` : ''}: ${yamlMessage(e.message)}`);
   }
   if (r.issues.length) throw new ConfigError(r.issues);
   const root = doc.contents;

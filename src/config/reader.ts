@@ -126,3 +126,8 @@ export function parseSize(text: string): number | undefined {
   const bytes = Math.round(Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!);
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
+
+/** The yaml library's first message line, without its own " at line L, column C:" (we print file:line:col). */
+export function yamlMessage(message: string): string {
+  return message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+}

@@ -95,8 +95,12 @@ export function formatAddress(address: MailAddress): string {
   return `${local}@${address.domain}`;
 }
 
+/**
+ * The key an address is stored and looked up under: the external form, so a
+ * stored key always parses back to the same address ("john doe"@example.org).
+ */
 export function addressKey(address: MailAddress): string {
-  return `${address.local}@${address.domain}`;
+  return formatAddress(address);
 }
 
 /**

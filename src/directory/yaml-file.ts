@@ -5,7 +5,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync, chownSync, constants } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { Document, LineCounter, isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
-import { NodeReader, parseSize } from '../config/reader.ts';
+import { NodeReader, yamlMessage, parseSize } from '../config/reader.ts';
 import { catchAllKey, grantAddress, normalizeDomain, parseAddress, addressKey } from '../core/address.ts';
 import { formatSize } from '../core/size.ts';
 import type { Alias, Domain, Mailbox, SenderGrant } from './types.ts';
@@ -80,12 +80,12 @@ function targetList(r: NodeReader, node: Node | null | undefined, path: string):
 /** Parses and validates a directory file; errors carry file:line:col. */
 export function parseDirectory(text: string, file: string): { doc: Document; snapshot: DirectorySnapshot; issues: string[] } {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, keepSourceTokens: false });
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
   const r = new NodeReader(file, doc, lines);
   const snap = new DirectorySnapshot();
   for (const e of doc.errors) {
     const pos = e.linePos?.[0];
-    r.issues.push(`${file}${pos ? `:${pos.line}:${pos.col}` : ''}: ${e.message.split('\n')[0]}`);
+    r.issues.push(`${file}${pos ? `:${pos.line}:${pos.col}` : ''}: ${yamlMessage(e.message)}`);
   }
   if (r.issues.length) return { doc, snapshot: snap, issues: r.issues };
   const root = doc.contents;

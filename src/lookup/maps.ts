@@ -139,7 +139,7 @@ export class DirectoryMaps {
     }
     const grantKeys = new Set([addressKey(addr), addressKey(local), catchAllKey(addr.domain), catchAllKey(local.domain)]);
     const split = splitExtension(local.local, this.#delimiter);
-    if (split) grantKeys.add(`${split.base}@${local.domain}`);
+    if (split) grantKeys.add(addressKey({ local: split.base, domain: local.domain }));
     for (const k of grantKeys) {
       for (const g of await this.#dir.findSenderGrants(k)) {
         owners.add(g.login);
@@ -197,7 +197,7 @@ export class DirectoryMaps {
     if (exact) return { mailbox: exact, base: addr.local, stripped: false };
     const split = splitExtension(addr.local, this.#delimiter);
     if (!split) return undefined;
-    const base = await this.#dir.findMailbox(`${split.base}@${addr.domain}`);
+    const base = await this.#dir.findMailbox(addressKey({ local: split.base, domain: addr.domain }));
     return base ? { mailbox: base, base: split.base, stripped: true } : undefined;
   }
 
@@ -210,7 +210,7 @@ export class DirectoryMaps {
     if (exactMailbox) return { kind: 'mailbox', mailbox: exactMailbox };
     const split = splitExtension(addr.local, this.#delimiter);
     if (split) {
-      const baseKey = `${split.base}@${addr.domain}`;
+      const baseKey = addressKey({ local: split.base, domain: addr.domain });
       const baseAlias = await this.#dir.findAlias(baseKey);
       if (baseAlias) return aliasResolution(baseAlias, split);
       const baseMailbox = await this.#dir.findMailbox(baseKey);
