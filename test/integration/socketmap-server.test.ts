@@ -10,68 +10,10 @@ import { pino, type Logger } from 'pino';
 import type { ListenAddress } from '../../src/config/listen.ts';
 import type { ServiceListen } from '../../src/config/load.ts';
 import { ListenError, type Listener } from '../../src/net/listener.ts';
-import { encodeNetstring, NetstringDecoder } from '../../src/socketmap/netstring.ts';
+import { encodeNetstring } from '../../src/socketmap/netstring.ts';
+import { SocketmapClient as Client } from '../support/socketmap-client.ts';
 import { reply, type SocketmapReply } from '../../src/socketmap/protocol.ts';
 import { startSocketmapServer, type SocketmapServerOptions } from '../../src/socketmap/server.ts';
-
-/** A Postfix-like client: sends netstrings, collects netstring replies, notices EOF. */
-class Client {
-  readonly socket: Socket;
-  readonly closed: Promise<void>;
-  #decoder = new NetstringDecoder(200_000);
-  #replies: string[] = [];
-  #waiters: Array<() => void> = [];
-  #eof = false;
-
-  constructor(socket: Socket) {
-    this.socket = socket;
-    socket.on('data', (chunk: Buffer) => {
-      for (const f of this.#decoder.push(chunk)) this.#replies.push(f.toString('utf8'));
-      this.#wake();
-    });
-    socket.on('error', () => {});
-    this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.once('end', () => {
-      this.#eof = true;
-      this.#wake();
-    });
-  }
-
-  static connect(address: ListenAddress): Promise<Client> {
-    return new Promise((resolve, reject) => {
-      const socket = address.kind === 'unix' ? connect(address.path) : connect(address.port, address.host);
-      socket.once('connect', () => resolve(new Client(socket)));
-      socket.once('error', reject);
-    });
-  }
-
-  send(raw: string | Buffer): void {
-    this.socket.write(raw);
-  }
-
-  request(map: string, key: string): void {
-    this.send(encodeNetstring(`${map} ${key}`));
-  }
-
-  /** The next reply, or undefined once the server closed without sending one. */
-  async next(): Promise<string | undefined> {
-    for (;;) {
-      const r = this.#replies.shift();
-      if (r !== undefined) return r;
-      if (this.#eof) return undefined;
-      await new Promise<void>((resolve) => this.#waiters.push(resolve));
-    }
-  }
-
-  async ask(map: string, key: string): Promise<string | undefined> {
-    this.request(map, key);
-    return this.next();
-  }
-
-  #wake(): void {
-    for (const w of this.#waiters.splice(0)) w();
-  }
-}
 
 /** Collects pino JSON lines so tests can assert on what was logged. */
 function capturingLogger(): { log: Logger; lines: Array<Record<string, unknown>> } {
