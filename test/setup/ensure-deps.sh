@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Makes sure the system packages the integration tests need are installed
+# (Debian 12 / apt, as root). Run by `npm test` through package.json "pretest".
+#
+# - Idempotent and fast when everything is present: only dpkg-query, no
+#   apt-get update, no network.
+# - Never starts the distro services: the tests run private Postfix and MariaDB
+#   instances in temp dirs on 127.0.0.1 high ports. During the install a
+#   policy-rc.d (exit 101) keeps maintainer scripts from starting postfix or
+#   mariadb; a pre-existing policy-rc.d is left alone.
+# - Never changes an existing /etc/postfix/main.cf. Postfix is preseeded with
+#   "No configuration", which installs no main.cf at all; the private test
+#   instances (postfix/postmap/postconf -c DIR) don't need one, but a bare
+#   `postconf` or `postmap -q KEY TYPE:TABLE` without -c dies with "open
+#   /etc/postfix/main.cf: No such file or directory", so if it is missing we
+#   create a minimal one (compatibility_level only; the system Postfix stays
+#   unconfigured and stopped).
+set -euo pipefail
+
+PACKAGES=(postfix postfix-mysql postfix-lmdb mariadb-server mariadb-client swaks dovecot-core)
+# A command each package must provide (checked too, in case dpkg lies or is absent).
+COMMANDS=(/usr/sbin/postfix /usr/sbin/postmap /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/mariadb /usr/bin/swaks /usr/bin/doveadm)
+POLICY=/usr/sbin/policy-rc.d
+POLICY_MARK="# mailwarden ensure-deps: temporary"
+
+me="ensure-deps"
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$pkg")
+done
+missing_cmds=()
+for cmd in "${COMMANDS[@]}"; do
+  [ -x "$cmd" ] || missing_cmds+=("$cmd")
+done
+if [ ${#missing[@]} -eq 0 ] && [ ${#missing_cmds[@]} -gt 0 ]; then
+  # Installed but the command is gone: reinstall everything we check.
+  missing=("${PACKAGES[@]}")
+fi
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+ensure_main_cf() {
+  if [ ! -e /etc/postfix/main.cf ] && [ -d /etc/postfix ] && is_root; then
+    cat > /etc/postfix/main.cf <<'EOF'
+# Created by mailwarden's test/setup/ensure-deps.sh because the postfix package
+# was installed with "No configuration" and bare postconf/postmap commands need
+# this file to exist. The mailwarden tests run private instances with their own
+# config directories; the system Postfix is not configured or started.
+compatibility_level = 3.6
+EOF
+    echo "$me: created a minimal /etc/postfix/main.cf"
+  fi
+}
+
+if [ ${#missing[@]} -eq 0 ]; then
+  ensure_main_cf
+  exit 0
+fi
+
+if ! is_root; then
+  echo "$me: missing system packages (${missing[*]}); run as root: sudo bash test/setup/ensure-deps.sh" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "$me: missing system packages (${missing[*]}) and no apt-get to install them (Debian 12 expected)" >&2
+  exit 1
+fi
+
+start=$(date +%s)
+echo "$me: installing ${missing[*]}"
+
+# Keep maintainer scripts from starting the distro services.
+created_policy=no
+if [ ! -e "$POLICY" ]; then
+  printf '#!/bin/sh\n%s policy-rc.d (do not start services while installing test dependencies)\nexit 101\n' "$POLICY_MARK" > "$POLICY"
+  chmod 755 "$POLICY"
+  created_policy=yes
+fi
+cleanup() {
+  if [ "$created_policy" = yes ] && grep -qF "$POLICY_MARK" "$POLICY" 2>/dev/null; then rm -f "$POLICY"; fi
+}
+trap cleanup EXIT
+
+# Remember whether the system instances were running, to stop only what the
+# install itself may have started.
+pid_alive() { [ -s "$1" ] && kill -0 "$(tr -dc '0-9' < "$1")" 2>/dev/null; }
+pf_before=no; pid_alive /var/spool/postfix/pid/master.pid && pf_before=yes
+db_before=no; pid_alive /run/mysqld/mysqld.pid && db_before=yes
+
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+
+export DEBIAN_FRONTEND=noninteractive
+apt_opts=(-q -o DPkg::Lock::Timeout=120 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+if ! apt-get "${apt_opts[@]}" update >/tmp/mailwarden-apt-update.log 2>&1; then
+  cat /tmp/mailwarden-apt-update.log >&2
+  echo "$me: apt-get update failed" >&2
+  exit 1
+fi
+if ! apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/tmp/mailwarden-apt-install.log 2>&1; then
+  tail -n 40 /tmp/mailwarden-apt-install.log >&2
+  echo "$me: apt-get install failed (full log: /tmp/mailwarden-apt-install.log)" >&2
+  exit 1
+fi
+
+# Belt and braces for hosts where something started them anyway.
+if [ "$pf_before" = no ] && pid_alive /var/spool/postfix/pid/master.pid; then
+  echo "$me: stopping the system Postfix started by the install"
+  postfix stop >/dev/null 2>&1 || true
+fi
+if [ "$db_before" = no ] && pid_alive /run/mysqld/mysqld.pid; then
+  echo "$me: stopping the system MariaDB started by the install"
+  { command -v systemctl >/dev/null 2>&1 && systemctl stop mariadb; } >/dev/null 2>&1 \
+    || service mariadb stop >/dev/null 2>&1 \
+    || kill "$(tr -dc '0-9' < /run/mysqld/mysqld.pid)" 2>/dev/null || true
+fi
+
+ensure_main_cf
+
+for cmd in "${COMMANDS[@]}"; do
+  if [ ! -x "$cmd" ]; then
+    echo "$me: $cmd still missing after installing ${missing[*]}" >&2
+    exit 1
+  fi
+done
+echo "$me: installed ${missing[*]} in $(( $(date +%s) - start ))s"
