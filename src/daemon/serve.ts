@@ -3,7 +3,6 @@
 // shuts down gracefully on SIGTERM/SIGINT.
 import { isDeepStrictEqual } from 'node:util';
 import { loadConfig, type Config } from '../config/load.ts';
-import { formatListen } from '../config/listen.ts';
 import { openDirectory, type OpenedDirectory } from '../directory/open.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { LookupService } from '../lookup/service.ts';
@@ -68,7 +67,6 @@ export class Daemon {
           log,
           lookup: (map, key) => answerSocketmap(this.#state!.lookups, map, key),
         });
-        log.info({ listen: formatListen(sm.listen) }, 'socketmap listening');
       }
     }
   }
