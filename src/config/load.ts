@@ -1,9 +1,10 @@
 // mailwarden.yaml → a validated, frozen Config. Every error carries file:line:col.
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { LineCounter, parseDocument, isMap, type YAMLMap } from 'yaml';
+import { LineCounter, parseDocument, isMap, isSeq, type Node, type YAMLMap } from 'yaml';
+import { parseDnsServer } from '../dns/resolver.ts';
 import { ConfigError, NodeReader, yamlMessage } from './reader.ts';
-import { parseListen, type ListenAddress } from './listen.ts';
+import { isLoopbackHost, parseListen, type ListenAddress } from './listen.ts';
 
 export const DEFAULT_CONFIG_FILE = '/etc/mailwarden/mailwarden.yaml';
 
@@ -36,6 +37,26 @@ export interface Argon2Params {
   readonly parallelism: number;
 }
 
+/** What Dovecot's userdb gets for every mailbox. Templates: %u user, %n local part, %d domain (Dovecot's own letters). */
+export interface UserdbConfig {
+  readonly home: string;
+  readonly uid: string;
+  readonly gid: string;
+  /** Optional per-user mail location (2.3 `mail`), e.g. maildir:~/Maildir. */
+  readonly mail?: string;
+}
+
+export interface AuthConfig extends ServiceListen {
+  /** Shared secret the Lua bridge sends (X-Mailwarden-Secret); required on inet listeners. */
+  readonly secret?: string;
+  /** Recent successful logins are re-verified from memory for this long (0 = off). */
+  readonly verifyCacheTtlMs: number;
+  /** Password hashes verified at once; the rest queue, so lookups keep answering during a login storm. */
+  readonly verifyConcurrency: number;
+  /** Re-hash legacy hashes (SHA512-CRYPT, BLF-CRYPT, ...) to argon2id on the next successful login. */
+  readonly rehash: boolean;
+}
+
 export interface Config {
   readonly file: string;
   readonly directory: DirectoryConfig;
@@ -45,9 +66,12 @@ export interface Config {
   readonly dns: { readonly servers: readonly string[]; readonly timeoutMs: number };
   readonly passwords: { readonly argon2: Argon2Params };
   readonly socketmap?: ServiceListen;
+  readonly userdb: UserdbConfig;
+  readonly auth?: AuthConfig;
+  readonly dict?: ServiceListen;
 }
 
-const TOP_KEYS = ['directory', 'recipient_delimiter', 'log', 'dns', 'passwords', 'socketmap'];
+const TOP_KEYS = ['directory', 'recipient_delimiter', 'log', 'dns', 'passwords', 'userdb', 'socketmap', 'auth', 'dict'];
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Current defaults for new password hashes: OWASP's argon2id baseline (19 MiB, t=2, p=1), ~25 ms per verify. */
@@ -89,7 +113,15 @@ export function parseConfig(text: string, path: string): Config {
   if (!LOG_LEVELS.includes(level)) r.fail(r.node(logSec, 'level'), `log.level must be one of ${LOG_LEVELS.join(', ')}`);
 
   const dnsSec = r.section(top, 'dns', 'dns', ['servers', 'timeout']);
-  const servers = r.stringList(dnsSec, 'servers', 'dns.servers') ?? [];
+  const servers: string[] = [];
+  const serversNode = r.node(dnsSec, 'servers');
+  for (const [i, entry] of (r.stringList(dnsSec, 'servers', 'dns.servers') ?? []).entries()) {
+    try {
+      servers.push(parseDnsServer(entry));
+    } catch (err) {
+      r.fail(isSeq(serversNode) ? (serversNode.items[i] as Node) : serversNode, `dns.servers: ${(err as Error).message}`);
+    }
+  }
   const dnsTimeout = r.duration(dnsSec, 'timeout', 'dns.timeout') ?? 5000;
 
   const pwSec = r.section(top, 'passwords', 'passwords', ['argon2']);
@@ -101,6 +133,17 @@ export function parseConfig(text: string, path: string): Config {
   };
 
   const socketmap = readService(r, top, 'socketmap', []);
+  const dict = readService(r, top, 'dict', []);
+  const auth = readAuth(r, top, base);
+
+  const udb = r.section(top, 'userdb', 'userdb', ['home', 'uid', 'gid', 'mail']);
+  const userdb: UserdbConfig = {
+    home: r.string(udb, 'home', 'userdb.home') ?? '/var/vmail/%d/%n',
+    uid: r.string(udb, 'uid', 'userdb.uid') ?? 'vmail',
+    gid: r.string(udb, 'gid', 'userdb.gid') ?? 'vmail',
+    ...(r.string(udb, 'mail', 'userdb.mail') ? { mail: r.string(udb, 'mail', 'userdb.mail')! } : {}),
+  };
+  if (!userdb.home.startsWith('/')) r.fail(r.node(udb, 'home'), 'userdb.home must be an absolute path template like /var/vmail/%d/%n');
 
   if (r.issues.length) throw new ConfigError(r.issues);
   return deepFreeze({
@@ -111,7 +154,41 @@ export function parseConfig(text: string, path: string): Config {
     dns: { servers, timeoutMs: dnsTimeout },
     passwords: { argon2 },
     ...(socketmap ? { socketmap } : {}),
+    userdb,
+    ...(auth ? { auth } : {}),
+    ...(dict ? { dict } : {}),
   });
+}
+
+function readAuth(r: NodeReader, top: YAMLMap | undefined, base: string): AuthConfig | undefined {
+  const keys = ['secret', 'secret_file', 'verify_cache_ttl', 'verify_concurrency', 'rehash'];
+  const service = readService(r, top, 'auth', keys);
+  if (!service) return undefined;
+  const sec = r.section(top, 'auth', 'auth', ['listen', 'mode', 'user', 'group', ...keys]);
+  if (service.listen.kind === 'inet' && !isLoopbackHost(service.listen.host)) {
+    r.fail(r.node(sec, 'listen'), 'auth.listen must be a unix: socket or a loopback inet: address (it answers password checks)');
+  }
+  let secret = r.string(sec, 'secret', 'auth.secret');
+  const secretFile = r.string(sec, 'secret_file', 'auth.secret_file');
+  if (secret !== undefined && secretFile !== undefined) r.fail(r.node(sec, 'secret_file'), 'use auth.secret or auth.secret_file, not both');
+  if (secretFile !== undefined) {
+    try {
+      secret = readFileSync(resolve(base, secretFile), 'utf8').trim();
+    } catch (err) {
+      r.fail(r.node(sec, 'secret_file'), `auth.secret_file: cannot read ${resolve(base, secretFile)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+  if (secret !== undefined && secret.length < 16) r.fail(r.node(sec, secretFile ? 'secret_file' : 'secret'), 'the auth secret must be at least 16 characters');
+  if (service.listen.kind === 'inet' && secret === undefined) {
+    r.fail(r.node(sec, 'listen'), 'auth on an inet: address needs auth.secret or auth.secret_file (every local user can reach a TCP port)');
+  }
+  return {
+    ...service,
+    ...(secret !== undefined ? { secret } : {}),
+    verifyCacheTtlMs: r.duration(sec, 'verify_cache_ttl', 'auth.verify_cache_ttl') ?? 300_000,
+    verifyConcurrency: r.integer(sec, 'verify_concurrency', 'auth.verify_concurrency', 1, 64) ?? 2,
+    rehash: r.boolean(sec, 'rehash', 'auth.rehash') ?? true,
+  };
 }
 
 function readDirectory(r: NodeReader, top: YAMLMap | undefined, base: string): DirectoryConfig {

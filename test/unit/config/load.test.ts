@@ -62,6 +62,11 @@ test('missing directory section, bad backend, bad url', () => {
   assert.match(issues('directory:\n  backend: yaml\n  path: x\nrecipient_delimiter: "@"\n')[0]!, /:4:22: recipient_delimiter/);
 });
 
+test('dns.servers entries are checked with their position', () => {
+  const [issue] = issues('directory:\n  backend: yaml\n  path: d\ndns:\n  servers:\n    - 127.0.0.1:5353\n    - resolver.example\n');
+  assert.match(issue!, /mailwarden\.yaml:7:7: dns\.servers: DNS server "resolver\.example": expected an IP address/);
+});
+
 test('listen, duration and size parsers', () => {
   assert.deepEqual(parseListen('inet:127.0.0.1:10051'), { kind: 'inet', host: '127.0.0.1', port: 10051 });
   assert.deepEqual(parseListen('inet:[::1]:10051'), { kind: 'inet', host: '::1', port: 10051 });
