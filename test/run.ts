@@ -6,8 +6,8 @@
 //      exports MAILWARDEN_TEST_MYSQL_SOCKET / _PORT so testMariaDb() reuses it;
 //   3. runs `node --test` over test/unit/**/*.test.ts and
 //      test/integration/**/*.test.ts;
-//   4. always stops MariaDB (and any Postfix a crashed test left behind) and
-//      exits with the test exit code.
+//   4. always stops MariaDB (and any Postfix or Dovecot a crashed test left
+//      behind) and exits with the test exit code.
 //
 // Usage:
 //   npm test                                  everything
@@ -28,6 +28,7 @@ import { existsSync, globSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ENV_PORT, ENV_SOCKET, startMariaDb, type MariaDb } from "./support/mariadb.ts";
+import { killStrayDovecot } from "./support/dovecot.ts";
 import { killStrayPostfix } from "./support/postfix.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
@@ -179,6 +180,8 @@ async function main(): Promise<number> {
   const doCleanup = async (): Promise<void> => {
     const n = await killStrayPostfix(runId);
     if (n > 0) log(`killed ${n} Postfix instance(s) left running by crashed tests`);
+    const nd = await killStrayDovecot(runId);
+    if (nd > 0) log(`killed ${nd} Dovecot instance(s) left running by crashed tests`);
     if (db !== undefined) {
       const d = db;
       db = undefined;

@@ -9,6 +9,11 @@ import { LookupService } from '../lookup/service.ts';
 import { answerSocketmap } from '../socketmap/answer.ts';
 import { startSocketmapServer } from '../socketmap/server.ts';
 import type { Listener } from '../net/listener.ts';
+import { DovecotAuth } from '../auth/dovecot-auth.ts';
+import { startAuthHttpServer } from '../auth/http-server.ts';
+import { PasswordVerifier } from '../auth/verifier.ts';
+import { startDictServer } from '../dict/server.ts';
+import { MailwardenDict } from '../dict/handler.ts';
 
 const SHUTDOWN_GRACE_MS = 5000;
 
@@ -16,8 +21,35 @@ interface Running {
   config: Config;
   directory: OpenedDirectory;
   lookups: LookupService;
-  socketmap?: Listener;
+  dovecot: DovecotAuth;
+  listeners: Map<ServiceName, Listener>;
 }
+
+/** Each service: its config section (absent = off) and how to start it against the running state. */
+const SERVICES = {
+  socketmap: {
+    section: (c: Config) => c.socketmap,
+    start: (d: Daemon, c: Config) => startSocketmapServer({
+      listen: c.socketmap!,
+      log: d.log.child({ service: 'socketmap' }),
+      // Reads the current state on every request, so a reload swaps the directory under live connections.
+      lookup: (map, key) => answerSocketmap(d.state!.lookups, map, key),
+    }),
+  },
+  auth: {
+    section: (c: Config) => c.auth,
+    start: (d: Daemon, c: Config) => startAuthHttpServer({ config: c.auth!, auth: () => d.state!.dovecot, log: d.log.child({ service: 'auth' }) }),
+  },
+  dict: {
+    section: (c: Config) => c.dict,
+    start: (d: Daemon, c: Config) => startDictServer({
+      listen: c.dict!,
+      handler: new MailwardenDict(() => d.state!, d.log.child({ service: 'dict' })),
+      log: d.log.child({ service: 'dict' }),
+    }),
+  },
+} as const satisfies Record<string, { section: (c: Config) => unknown; start: (d: Daemon, c: Config) => Promise<Listener> }>;
+type ServiceName = keyof typeof SERVICES;
 
 export class Daemon {
   readonly log: Logger;
@@ -32,9 +64,11 @@ export class Daemon {
     return this.#state;
   }
 
+  #verifier: PasswordVerifier | undefined;
+
   async start(config: Config): Promise<void> {
     const directory = await this.#openDirectory(config);
-    const state: Running = { config, directory, lookups: this.#lookups(config, directory) };
+    const state = this.#running(config, directory, undefined);
     this.#state = state;
     await this.#startServices(state, undefined);
     this.log.info({ config: config.file, backend: config.directory.backend, services: serviceList(config) }, 'mailwarden started');
@@ -53,21 +87,36 @@ export class Daemon {
     return new LookupService(directory, { recipientDelimiter: config.recipientDelimiter, ...cache }, this.log.child({ service: 'lookup' }));
   }
 
+  /** The state for a config; reuses what did not change (the lookup cache, the verification cache). */
+  #running(config: Config, directory: OpenedDirectory, old: Running | undefined): Running {
+    const lookups = old && directory === old.directory && config.recipientDelimiter === old.config.recipientDelimiter
+      ? old.lookups
+      : this.#lookups(config, directory);
+    const auth = config.auth;
+    const verifierConfig = { argon2: config.passwords.argon2, ttl: auth?.verifyCacheTtlMs ?? 0, concurrency: auth?.verifyConcurrency ?? 2 };
+    if (!this.#verifier || !old || !isDeepStrictEqual(verifierConfig, {
+      argon2: old.config.passwords.argon2, ttl: old.config.auth?.verifyCacheTtlMs ?? 0, concurrency: old.config.auth?.verifyConcurrency ?? 2,
+    })) {
+      this.#verifier = new PasswordVerifier({
+        concurrency: verifierConfig.concurrency, cacheTtlMs: verifierConfig.ttl, cacheMaxEntries: 100_000, argon2: verifierConfig.argon2,
+      });
+    }
+    const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true }, this.log.child({ service: 'dovecot-auth' }));
+    return { config, directory, lookups, dovecot, listeners: new Map() };
+  }
+
+  /** Starts what is configured; keeps a listener whose section did not change (and its connections). */
   async #startServices(state: Running, previous: Running | undefined): Promise<void> {
-    const sm = state.config.socketmap;
-    if (previous?.socketmap && sm && isDeepStrictEqual(previous.config.socketmap, sm)) {
-      state.socketmap = previous.socketmap; // same endpoint: keep the socket and its connections
-    } else {
-      if (previous?.socketmap) await previous.socketmap.close(SHUTDOWN_GRACE_MS);
-      if (sm) {
-        const log = this.log.child({ service: 'socketmap' });
-        // The closure reads #state on every request, so a reload swaps the directory under live connections.
-        state.socketmap = await startSocketmapServer({
-          listen: sm,
-          log,
-          lookup: (map, key) => answerSocketmap(this.#state!.lookups, map, key),
-        });
+    for (const name of Object.keys(SERVICES) as ServiceName[]) {
+      const spec = SERVICES[name];
+      const section = spec.section(state.config);
+      const old = previous?.listeners.get(name);
+      if (old && section && isDeepStrictEqual(spec.section(previous!.config), section)) {
+        state.listeners.set(name, old);
+        continue;
       }
+      if (old) await old.close(SHUTDOWN_GRACE_MS);
+      if (section) state.listeners.set(name, await spec.start(this, state.config));
     }
   }
 
@@ -96,11 +145,7 @@ export class Daemon {
       } else if ('reload' in directory && typeof directory.reload === 'function') {
         (directory.reload as () => boolean)();
       }
-      // Reuse the lookup service (and its warm cache) unless what it depends on changed.
-      const lookups = directory === old.directory && config.recipientDelimiter === old.config.recipientDelimiter
-        ? old.lookups
-        : this.#lookups(config, directory);
-      const state: Running = { config, directory, lookups };
+      const state = this.#running(config, directory, old);
       try {
         await this.#startServices(state, old);
       } catch (err) {
@@ -121,14 +166,14 @@ export class Daemon {
     const s = this.#state;
     if (!s) return;
     this.#state = undefined;
-    await s.socketmap?.close(SHUTDOWN_GRACE_MS);
+    await Promise.all([...s.listeners.values()].map((l) => l.close(SHUTDOWN_GRACE_MS)));
     await s.directory.close();
     this.log.info('mailwarden stopped');
   }
 }
 
 function serviceList(config: Config): string[] {
-  return config.socketmap ? ['socketmap'] : [];
+  return (Object.keys(SERVICES) as ServiceName[]).filter((name) => SERVICES[name].section(config));
 }
 
 /** Entry point for `mailwarden serve`. */
@@ -137,7 +182,7 @@ export async function serve(configFile: string): Promise<void> {
   const log = createLogger(config.log.level);
   const daemon = new Daemon(log);
   await daemon.start(config);
-  if (serviceList(config).length === 0) log.warn('no service configured (add a socketmap section with listen)');
+  if (serviceList(config).length === 0) log.warn('no service configured (add a socketmap, auth or dict section with listen)');
   process.on('SIGHUP', () => void daemon.reload());
   let stopping = false;
   const stop = (signal: string) => {

@@ -14,7 +14,7 @@ import { parseMysqlUrl } from './mysql-url.ts';
 import { SCHEMA_VERSION } from './mysql-schema.ts';
 import {
   DirectoryError, type Alias, type AliasPatch, type DirectoryBackend, type Domain, type DomainPatch, type DomainUsage,
-  type Mailbox, type MailboxPatch, type SenderGrant,
+  type Mailbox, type MailboxActivity, type MailboxPatch, type QuotaUsageChange, type SenderGrant,
 } from './types.ts';
 
 export type MysqlDirectoryConfig = Extract<DirectoryConfig, { backend: 'mysql' }>;
@@ -262,6 +262,52 @@ export class MysqlDirectory implements DirectoryBackend {
       await mustAffect(c, `no grant for ${login} to send as ${address}`,
         'DELETE FROM sender_grant WHERE address = ? AND login = ?', [address, login]);
     });
+  }
+
+  // --- activity reported by Dovecot (no change serial: it is not directory data) ---
+
+  async getActivity(address: string): Promise<MailboxActivity | undefined> {
+    const rows = await this.#read<RowDataPacket>('get activity',
+      'SELECT last_login, last_login_ip, quota_bytes, quota_messages FROM mailbox_activity WHERE address = ?', [address]);
+    const r = rows[0];
+    if (!r) return undefined;
+    return {
+      ...(r['last_login'] ? { lastLogin: r['last_login'] as Date } : {}),
+      ...(r['last_login_ip'] ? { lastLoginIp: String(r['last_login_ip']) } : {}),
+      ...(r['quota_bytes'] !== null ? { quotaBytes: Number(r['quota_bytes']) } : {}),
+      ...(r['quota_messages'] !== null ? { quotaMessages: Number(r['quota_messages']) } : {}),
+    };
+  }
+
+  async recordLogin(address: string, at: Date, ip?: string): Promise<void> {
+    // A login for a mailbox deleted meanwhile hits the foreign key: nothing to record.
+    await this.#run('record login', async (c) => {
+      await c.execute(
+        `INSERT INTO mailbox_activity (address, last_login, last_login_ip) SELECT m.address, ?, ? FROM mailbox m WHERE m.address = ?
+         ON DUPLICATE KEY UPDATE last_login = VALUES(last_login), last_login_ip = COALESCE(VALUES(last_login_ip), mailbox_activity.last_login_ip)`,
+        [at, ip ?? null, address]);
+    }, { retry: true });
+  }
+
+  async updateQuotaUsage(address: string, change: QuotaUsageChange): Promise<'ok' | 'notfound'> {
+    return this.#run('update quota usage', async (c) => {
+      if (change.setBytes !== undefined || change.setMessages !== undefined) {
+        await c.execute(
+          `INSERT INTO mailbox_activity (address, quota_bytes, quota_messages) SELECT m.address, ?, ? FROM mailbox m WHERE m.address = ?
+           ON DUPLICATE KEY UPDATE quota_bytes = COALESCE(VALUES(quota_bytes), mailbox_activity.quota_bytes),
+             quota_messages = COALESCE(VALUES(quota_messages), mailbox_activity.quota_messages)`,
+          [change.setBytes ?? null, change.setMessages ?? null, address]);
+      }
+      let result: 'ok' | 'notfound' = 'ok';
+      for (const [col, diff] of [['quota_bytes', change.addBytes], ['quota_messages', change.addMessages]] as const) {
+        if (diff === undefined) continue;
+        // Column names are constants. An unset counter stays unset: Dovecot recalculates on 'notfound'.
+        const [r] = await c.execute<ResultSetHeader>(
+          `UPDATE mailbox_activity SET ${col} = ${col} + ? WHERE address = ? AND ${col} IS NOT NULL`, [diff, address]);
+        if (r.affectedRows === 0) result = 'notfound';
+      }
+      return result;
+    }, { retry: false });
   }
 
   // --- plumbing ---

@@ -69,13 +69,29 @@ export const MIGRATIONS: readonly Migration[] = [
       `CREATE TABLE IF NOT EXISTS sender_grant (
         address VARCHAR(320) NOT NULL,
         login VARCHAR(320) NOT NULL,
-        domain VARCHAR(253) AS (SUBSTRING_INDEX(address, '@', -1)) PERSISTENT,
+        domain VARCHAR(253) AS (SUBSTRING_INDEX(address, '@', -1)) STORED,
         created_at DATETIME(3) NOT NULL,
         PRIMARY KEY (address, login),
         KEY sender_grant_login (login),
         KEY sender_grant_domain (domain)
       ) ${TABLE}`,
       `INSERT IGNORE INTO mailwarden_meta (name, value) VALUES ('serial', '0')`,
+    ],
+  },
+  {
+    version: 2,
+    description: 'mailbox activity: last login and quota usage reported by Dovecot',
+    statements: [
+      // Separate from mailbox: written on every login and delivery, and must not
+      // bump the change serial (that would flush every instance's lookup cache).
+      `CREATE TABLE IF NOT EXISTS mailbox_activity (
+        address VARCHAR(320) NOT NULL PRIMARY KEY,
+        last_login DATETIME(3) NULL,
+        last_login_ip VARCHAR(45) NULL,
+        quota_bytes BIGINT NULL,
+        quota_messages BIGINT NULL,
+        CONSTRAINT mailbox_activity_mailbox_fk FOREIGN KEY (address) REFERENCES mailbox (address) ON DELETE CASCADE ON UPDATE CASCADE
+      ) ${TABLE}`,
     ],
   },
 ];

@@ -44,6 +44,23 @@ export interface SenderGrant {
   readonly created: Date;
 }
 
+/** What Dovecot reports back about a mailbox (dict: last_login, quota usage). Never bumps the change serial. */
+export interface MailboxActivity {
+  readonly lastLogin?: Date;
+  readonly lastLoginIp?: string;
+  /** Quota usage as Dovecot counts it (priv/quota/storage, priv/quota/messages). */
+  readonly quotaBytes?: number;
+  readonly quotaMessages?: number;
+}
+
+/** A quota usage change: `set` from quota_clone / recalculation, `add` from the quota dict's atomic increments. */
+export interface QuotaUsageChange {
+  readonly setBytes?: number;
+  readonly setMessages?: number;
+  readonly addBytes?: number;
+  readonly addMessages?: number;
+}
+
 export type MailboxPatch = Partial<Pick<Mailbox, 'name' | 'quotaBytes' | 'enabled'>> & { passwordHash?: string | null };
 export type DomainPatch = Partial<Pick<Domain, 'enabled'>> & { description?: string | null };
 export type AliasPatch = Partial<Pick<Alias, 'targets' | 'enabled'>>;
@@ -92,6 +109,11 @@ export interface DirectoryBackend extends DirectoryReader {
   deleteAlias(address: string): Promise<void>;
   insertSenderGrant(grant: SenderGrant): Promise<void>;
   deleteSenderGrant(address: string, login: string): Promise<void>;
+
+  getActivity(address: string): Promise<MailboxActivity | undefined>;
+  recordLogin(address: string, at: Date, ip?: string): Promise<void>;
+  /** 'notfound' when an increment hits a counter that was never set (Dovecot then recalculates). */
+  updateQuotaUsage(address: string, change: QuotaUsageChange): Promise<'ok' | 'notfound'>;
 
   /** Called whenever the data may have changed (file replaced, change serial bumped). */
   onChange(listener: () => void): void;

@@ -10,8 +10,9 @@ import {
 } from './yaml-file.ts';
 import {
   DirectoryError, type Alias, type AliasPatch, type DirectoryBackend, type Domain, type DomainPatch, type DomainUsage,
-  type Mailbox, type MailboxPatch, type SenderGrant,
+  type Mailbox, type MailboxPatch, type QuotaUsageChange, type SenderGrant,
 } from './types.ts';
+import { ActivityFile, activityPath } from './activity-file.ts';
 
 const POLL_MS = 250;
 
@@ -22,13 +23,15 @@ export class YamlDirectory implements DirectoryBackend {
   #identity: FileIdentity | undefined;
   #listeners: Array<() => void> = [];
   #timer: NodeJS.Timeout | undefined;
-
+  readonly #activity: ActivityFile;
   readonly path: string;
   readonly log: Logger | undefined;
 
   private constructor(path: string, snapshot: DirectorySnapshot, identity: FileIdentity | undefined, log: Logger | undefined) {
     this.path = path;
     this.log = log;
+    this.#activity = new ActivityFile(activityPath(path));
+    this.#activity.onError = (err) => log?.warn({ path: this.#activity.path, err: err.message }, 'activity file');
     this.#snapshot = snapshot;
     this.#identity = identity;
   }
@@ -170,7 +173,7 @@ export class YamlDirectory implements DirectoryBackend {
     return this.#edit((doc, s) => {
       if (!s.mailboxes.has(address)) throw new DirectoryError('not_found', `mailbox ${address} does not exist`);
       doc.deleteIn(['mailboxes', key(s, 'mailboxes', address)]);
-    });
+    }).then(() => this.#activity.forget(address));
   }
 
   insertAlias(a: Alias) {
@@ -213,11 +216,21 @@ export class YamlDirectory implements DirectoryBackend {
     });
   }
 
+  // --- activity reported by Dovecot ---
+  async getActivity(address: string) { return this.#activity.get(address); }
+  async recordLogin(address: string, at: Date, ip?: string) {
+    if (this.#snapshot.mailboxes.has(address)) this.#activity.recordLogin(address, at, ip);
+  }
+  async updateQuotaUsage(address: string, change: QuotaUsageChange) {
+    return this.#snapshot.mailboxes.has(address) ? this.#activity.updateQuota(address, change) : 'notfound';
+  }
+
   onChange(listener: () => void): void {
     this.#listeners.push(listener);
   }
 
   async close(): Promise<void> {
+    this.#activity.flush();
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
   }

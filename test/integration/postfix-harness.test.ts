@@ -52,8 +52,15 @@ describe("postfix harness", () => {
       // swaks dot-stuffs, Postfix and the sink unstuff.
       assert.match(delivery.data, /^\.dot line\r$/m);
       assert.equal(delivery.lhlo, "mx.mailwarden.test");
-      const log = await postfix.logs();
-      assert.match(log, /to=<alice@example\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent/);
+      // The sink has the message before Postfix logs the delivery: wait for the log line.
+      const sent = /to=<alice@example\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent/;
+      const deadline = Date.now() + 5000;
+      let log = await postfix.logs();
+      while (!sent.test(log) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+        log = await postfix.logs();
+      }
+      assert.match(log, sent);
     }));
 
   it("rejects an unlisted recipient in a virtual mailbox domain with 550 5.1.1 at RCPT", () =>

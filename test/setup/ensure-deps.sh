@@ -4,10 +4,13 @@
 #
 # - Idempotent and fast when everything is present: only dpkg-query, no
 #   apt-get update, no network.
-# - Never starts the distro services: the tests run private Postfix and MariaDB
-#   instances in temp dirs on 127.0.0.1 high ports. During the install a
-#   policy-rc.d (exit 101) keeps maintainer scripts from starting postfix or
-#   mariadb; a pre-existing policy-rc.d is left alone.
+# - Never starts the distro services: the tests run private Postfix, MariaDB
+#   and Dovecot instances in temp dirs on 127.0.0.1 high ports. During the
+#   install a policy-rc.d (exit 101) keeps maintainer scripts from starting
+#   postfix, mariadb or dovecot; a pre-existing policy-rc.d is left alone.
+# - Dovecot: imapd/pop3d/lmtpd for the protocols the tests speak, auth-lua +
+#   lua-cjson for dovecot-conf/mailwarden.lua. /etc/dovecot is never edited
+#   (the private instances use `dovecot -c <temp dir>/dovecot.conf`).
 # - Never changes an existing /etc/postfix/main.cf. Postfix is preseeded with
 #   "No configuration", which installs no main.cf at all; the private test
 #   instances (postfix/postmap/postconf -c DIR) don't need one, but a bare
@@ -17,9 +20,14 @@
 #   unconfigured and stopped).
 set -euo pipefail
 
-PACKAGES=(postfix postfix-mysql postfix-lmdb mariadb-server mariadb-client swaks dovecot-core)
+PACKAGES=(postfix postfix-mysql postfix-lmdb mariadb-server mariadb-client swaks
+  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua lua-cjson)
 # A command each package must provide (checked too, in case dpkg lies or is absent).
-COMMANDS=(/usr/sbin/postfix /usr/sbin/postmap /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/mariadb /usr/bin/swaks /usr/bin/doveadm)
+COMMANDS=(/usr/sbin/postfix /usr/sbin/postmap /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/mariadb /usr/bin/swaks
+  /usr/sbin/dovecot /usr/bin/doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/pop3 /usr/lib/dovecot/lmtp)
+# Non-executable files a package must provide (plugins, Lua modules). Globs are
+# allowed; Dovecot 2.3 on bookworm embeds Lua 5.4, so it loads cjson for 5.4.
+FILES=(/usr/lib/dovecot/modules/auth/libauthdb_lua.so "/usr/lib/*/lua/5.4/cjson.so")
 POLICY=/usr/sbin/policy-rc.d
 POLICY_MARK="# mailwarden ensure-deps: temporary"
 
@@ -33,6 +41,9 @@ done
 missing_cmds=()
 for cmd in "${COMMANDS[@]}"; do
   [ -x "$cmd" ] || missing_cmds+=("$cmd")
+done
+for file in "${FILES[@]}"; do
+  compgen -G "$file" >/dev/null || missing_cmds+=("$file")
 done
 if [ ${#missing[@]} -eq 0 ] && [ ${#missing_cmds[@]} -gt 0 ]; then
   # Installed but the command is gone: reinstall everything we check.
@@ -88,6 +99,7 @@ trap cleanup EXIT
 pid_alive() { [ -s "$1" ] && kill -0 "$(tr -dc '0-9' < "$1")" 2>/dev/null; }
 pf_before=no; pid_alive /var/spool/postfix/pid/master.pid && pf_before=yes
 db_before=no; pid_alive /run/mysqld/mysqld.pid && db_before=yes
+dc_before=no; pid_alive /run/dovecot/master.pid && dc_before=yes
 
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 
@@ -116,11 +128,23 @@ if [ "$db_before" = no ] && pid_alive /run/mysqld/mysqld.pid; then
     || kill "$(tr -dc '0-9' < /run/mysqld/mysqld.pid)" 2>/dev/null || true
 fi
 
+if [ "$dc_before" = no ] && pid_alive /run/dovecot/master.pid; then
+  echo "$me: stopping the system Dovecot started by the install"
+  { command -v systemctl >/dev/null 2>&1 && systemctl stop dovecot; } >/dev/null 2>&1 \
+    || kill "$(tr -dc '0-9' < /run/dovecot/master.pid)" 2>/dev/null || true
+fi
+
 ensure_main_cf
 
 for cmd in "${COMMANDS[@]}"; do
   if [ ! -x "$cmd" ]; then
     echo "$me: $cmd still missing after installing ${missing[*]}" >&2
+    exit 1
+  fi
+done
+for file in "${FILES[@]}"; do
+  if ! compgen -G "$file" >/dev/null; then
+    echo "$me: $file still missing after installing ${missing[*]}" >&2
     exit 1
   fi
 done

@@ -3,7 +3,7 @@ import { parseSize } from '../../config/reader.ts';
 import { requireAddress } from '../../core/address.ts';
 import { formatSize } from '../../core/size.ts';
 import { hashPassword, hashScheme, normalizeImportedHash } from '../../directory/passwords.ts';
-import type { Mailbox } from '../../directory/types.ts';
+import type { Mailbox, MailboxActivity } from '../../directory/types.ts';
 import { CliError, EXIT, printJson, printRecord, printTable, yesNo, type CliContext } from '../context.ts';
 import { passwordFromStdin, promptNewPassword } from '../password-input.ts';
 
@@ -25,6 +25,15 @@ export function mailboxJson(m: Mailbox) {
     password_scheme: hashScheme(m.passwordHash) ?? null,
     created: m.created.toISOString(),
     updated: m.updated.toISOString(),
+  };
+}
+
+function activityJson(a: MailboxActivity | undefined) {
+  return {
+    last_login: a?.lastLogin?.toISOString() ?? null,
+    last_login_ip: a?.lastLoginIp ?? null,
+    quota_used_bytes: a?.quotaBytes ?? null,
+    quota_used_messages: a?.quotaMessages ?? null,
   };
 }
 
@@ -99,14 +108,20 @@ export function registerUser(program: Command, ctx: () => CliContext): void {
 
   user.command('show <address>').description('show one mailbox').option('--json', 'machine-readable output')
     .action(async (address: string, o: { json?: boolean }) => {
-      const m = await (await ctx().admin()).getMailbox(address);
-      if (o.json) return printJson(mailboxJson(m));
+      const admin = await ctx().admin();
+      const m = await admin.getMailbox(address);
+      const activity = await admin.dir.getActivity(m.address);
+      if (o.json) return printJson({ ...mailboxJson(m), ...activityJson(activity) });
       printRecord({
         address: m.address,
         name: m.name,
         enabled: yesNo(m.enabled),
         quota: m.quotaBytes ? formatSize(m.quotaBytes) : 'unlimited',
         password: hashScheme(m.passwordHash) ?? 'none (cannot log in)',
+        'last login': activity?.lastLogin ? `${activity.lastLogin.toISOString()}${activity.lastLoginIp ? ` from ${activity.lastLoginIp}` : ''}` : 'never',
+        'quota used': activity?.quotaBytes !== undefined
+          ? `${formatSize(activity.quotaBytes)}${m.quotaBytes ? ` of ${formatSize(m.quotaBytes)}` : ''}, ${activity.quotaMessages ?? 0} messages`
+          : undefined,
         created: m.created.toISOString(),
         updated: m.updated.toISOString(),
       });

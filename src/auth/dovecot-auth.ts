@@ -1,0 +1,185 @@
+// What Dovecot asks about users, whatever the transport (Lua→HTTP, dict,
+// checkpassword): verify a password, look up passdb/userdb fields, list users.
+// Every failure to answer is 'tempfail' (Dovecot: temporary failure), never
+// "unknown user"; a wrong password, a disabled account and an unknown user
+// cost the same time and look the same to the client.
+import type { Logger } from 'pino';
+import type { UserdbConfig } from '../config/load.ts';
+import { addressKey, parseAddress } from '../core/address.ts';
+import { DirectoryError, type DirectoryBackend, type Mailbox } from '../directory/types.ts';
+
+export type DovecotVersion = '2.3' | '2.4';
+export type Fields = Record<string, string | number>;
+
+export type PassdbResult =
+  | { readonly result: 'ok'; readonly user: string; readonly fields: Fields }
+  | { readonly result: 'unknown' | 'mismatch' }
+  | { readonly result: 'tempfail'; readonly reason: string };
+
+export type UserdbResult =
+  | { readonly result: 'ok'; readonly user: string; readonly fields: Fields }
+  | { readonly result: 'unknown' }
+  | { readonly result: 'tempfail'; readonly reason: string };
+
+/** The part of PasswordVerifier this module needs. */
+export interface Verifier {
+  verify(user: string, storedHash: string, password: string): Promise<{ ok: boolean; cached: boolean; rehash?: string }>;
+  /** Spends one verification's worth of work, so unknown users cost what known ones do. */
+  verifyDummy(password: string): Promise<void>;
+}
+
+export interface LoginContext {
+  readonly service?: string;
+  readonly remoteIp?: string;
+  readonly version: DovecotVersion;
+}
+
+export interface DovecotAuthOptions {
+  readonly userdb: UserdbConfig;
+  readonly rehash: boolean;
+}
+
+export class DovecotAuth {
+  readonly #dir: DirectoryBackend;
+  readonly #verifier: Verifier;
+  readonly #options: DovecotAuthOptions;
+  readonly #log: Logger;
+
+  constructor(dir: DirectoryBackend, verifier: Verifier, options: DovecotAuthOptions, log: Logger) {
+    this.#dir = dir;
+    this.#verifier = verifier;
+    this.#options = options;
+    this.#log = log;
+  }
+
+  /** Password login (IMAP, POP3, SMTP AUTH through Dovecot SASL). */
+  async verifyLogin(userInput: string, password: string, ctx: LoginContext): Promise<PassdbResult> {
+    const started = performance.now();
+    const user = canonicalUser(userInput);
+    let mailbox: Mailbox | undefined;
+    try {
+      mailbox = user ? await this.#dir.findMailbox(user) : undefined;
+    } catch (err) {
+      return this.#tempfail('login', userInput, err, ctx);
+    }
+    const usable = mailbox?.enabled && mailbox.passwordHash ? mailbox : undefined;
+    if (!usable) {
+      await this.#verifier.verifyDummy(password);
+      const result = mailbox ? 'mismatch' : 'unknown';
+      const reason = !mailbox ? 'unknown user' : !mailbox.enabled ? 'mailbox disabled' : 'no password set';
+      this.#log.info({ user: user ?? userInput, service: ctx.service, remote_ip: ctx.remoteIp, result, reason, ms: ms(started) }, 'login failed');
+      return { result };
+    }
+    let verdict: { ok: boolean; cached: boolean; rehash?: string };
+    try {
+      verdict = await this.#verifier.verify(usable.address, usable.passwordHash!, password);
+    } catch (err) {
+      return this.#tempfail('login', usable.address, err, ctx);
+    }
+    if (!verdict.ok) {
+      this.#log.info({ user: usable.address, service: ctx.service, remote_ip: ctx.remoteIp, result: 'mismatch', reason: 'wrong password', ms: ms(started) }, 'login failed');
+      return { result: 'mismatch' };
+    }
+    this.#log.info({ user: usable.address, service: ctx.service, remote_ip: ctx.remoteIp, result: 'ok', cached: verdict.cached, ms: ms(started) }, 'login');
+    // Bookkeeping after the answer is decided: a slow or failing write never fails a login.
+    void this.#afterLogin(usable, verdict.rehash, ctx);
+    return { result: 'ok', user: usable.address, fields: this.#passdbFields(usable, ctx.version, false) };
+  }
+
+  /** passdb lookup without a password (credentials lookups, LMTP/submission flows): the stored hash and userdb_* fields. */
+  async passdbLookup(userInput: string, ctx: LoginContext): Promise<PassdbResult> {
+    const user = canonicalUser(userInput);
+    try {
+      const m = user ? await this.#dir.findMailbox(user) : undefined;
+      if (!m || !m.enabled) return { result: 'unknown' };
+      return { result: 'ok', user: m.address, fields: this.#passdbFields(m, ctx.version, true) };
+    } catch (err) {
+      return this.#tempfail('passdb lookup', userInput, err, ctx);
+    }
+  }
+
+  /** userdb lookup: home, uid, gid, quota, for LMTP delivery, IMAP sessions and doveadm. */
+  async userdbLookup(userInput: string, ctx: LoginContext): Promise<UserdbResult> {
+    const user = canonicalUser(userInput);
+    try {
+      const m = user ? await this.#dir.findMailbox(user) : undefined;
+      // A disabled mailbox is unknown to delivery, so LMTP rejects its mail (Postfix already does at RCPT).
+      if (!m || !m.enabled) return { result: 'unknown' };
+      return { result: 'ok', user: m.address, fields: this.userdbFields(m, ctx.version) };
+    } catch (err) {
+      return this.#tempfail('userdb lookup', userInput, err, ctx);
+    }
+  }
+
+  /** Every enabled mailbox, for `doveadm -A` and `doveadm user '*'`. */
+  async listUsers(): Promise<string[]> {
+    return (await this.#dir.listMailboxes()).filter((m) => m.enabled).map((m) => m.address);
+  }
+
+  userdbFields(m: Mailbox, version: DovecotVersion): Fields {
+    const { home, uid, gid, mail } = this.#options.userdb;
+    const fields: Fields = { home: expand(home, m), uid, gid };
+    if (mail && version === '2.3') fields['mail'] = expand(mail, m);
+    if (m.quotaBytes > 0) {
+      // 2.3: quota_rule; 2.4 replaced it with quota_storage_size (and refuses unknown settings).
+      if (version === '2.3') fields['quota_rule'] = `*:bytes=${m.quotaBytes}`;
+      else fields['quota_storage_size'] = `${m.quotaBytes}B`;
+    }
+    return fields;
+  }
+
+  #passdbFields(m: Mailbox, version: DovecotVersion, withPassword: boolean): Fields {
+    const fields: Fields = {};
+    if (withPassword && m.passwordHash) fields['password'] = m.passwordHash;
+    // userdb_* lets `userdb prefetch` skip a second lookup after a login.
+    for (const [k, v] of Object.entries(this.userdbFields(m, version))) fields[`userdb_${k}`] = v;
+    return fields;
+  }
+
+  async #afterLogin(m: Mailbox, rehash: string | undefined, ctx: LoginContext): Promise<void> {
+    try {
+      await this.#dir.recordLogin(m.address, new Date(), ctx.remoteIp);
+    } catch (err) {
+      this.#log.warn({ user: m.address, err: (err as Error).message }, 'cannot record last login');
+    }
+    if (!rehash || !this.#options.rehash) return;
+    try {
+      await this.#dir.updateMailbox(m.address, { passwordHash: rehash });
+      this.#log.info({ user: m.address, from: scheme(m.passwordHash), to: scheme(rehash) }, 'password hash upgraded');
+    } catch (err) {
+      this.#log.warn({ user: m.address, err: (err as Error).message }, 'password hash upgrade failed; will retry on next login');
+    }
+  }
+
+  #tempfail(what: string, user: string, err: unknown, ctx: LoginContext): { result: 'tempfail'; reason: string } {
+    const reason = err instanceof DirectoryError ? err.message : `internal error: ${(err as Error)?.message ?? String(err)}`;
+    this.#log.error({ user, service: ctx.service, remote_ip: ctx.remoteIp, what, err: reason }, 'temporary failure');
+    return { result: 'tempfail', reason };
+  }
+}
+
+/** Dovecot already lower-cases (auth_username_format); we also accept quoted forms and IDN. */
+export function canonicalUser(input: string): string | undefined {
+  const a = parseAddress(input);
+  return a ? addressKey(a) : undefined;
+}
+
+/** %u user, %n local part, %d domain; also Dovecot 2.4's %{user}, %{user | username}, %{user | domain}. */
+export function expand(template: string, m: Mailbox): string {
+  const at = m.address.lastIndexOf('@');
+  const local = m.address.slice(0, at).replace(/^"|"$/g, '');
+  const values: Record<string, string> = { u: m.address, n: local, d: m.domain, '%': '%' };
+  return template
+    .replace(/%\{user\s*\|\s*username\}/g, local)
+    .replace(/%\{user\s*\|\s*domain\}/g, m.domain)
+    .replace(/%\{user\}/g, m.address)
+    .replace(/%([und%])/g, (all, c: string) => values[c] ?? all);
+}
+
+function scheme(hash: string | undefined): string | undefined {
+  return hash ? /^\{([^}]+)\}/.exec(hash)?.[1] : undefined;
+}
+
+function ms(started: number): number {
+  return Math.round((performance.now() - started) * 10) / 10;
+}
