@@ -17,6 +17,8 @@ import { DEFAULT_ARGON2 } from '../../src/config/load.ts';
 import { mailwardenAuthConf23, startDovecot, withDovecotLogs, writeMailwardenLua, type DovecotInstance } from '../support/dovecot.ts';
 import { imapLogin, lmtpDeliver, openImap, pop3Login } from '../support/mail-clients.ts';
 import { startDaemon, type Daemon } from '../support/daemon.ts';
+import { sendMail, startPostfix, withPostfixLogs } from '../support/postfix.ts';
+import { startLmtpSink } from '../support/lmtp-sink.ts';
 import { freePort } from '../support/ports.ts';
 import { tempDir, type TempDir } from '../support/tmp.ts';
 
@@ -41,6 +43,7 @@ describe('Dovecot 2.3 + mailwarden (Lua/HTTP auth, dict for last_login and quota
     // An account imported from PostfixAdmin: a SHA512-CRYPT hash made by Dovecot itself.
     const legacy = (await run('doveadm', ['pw', '-s', 'SHA512-CRYPT', '-p', 'legacy pw'])).stdout.trim();
     await a.addMailbox('olga@example.org', { passwordHash: legacy });
+    await a.addAlias('info@example.org', ['alice@example.org', 'bob@example.org']);
 
     const port = await freePort();
     const dictSocket = join(tmp.path, 'run', 'dict.sock');
@@ -70,6 +73,7 @@ plugin {
       'auth:', `  listen: inet:127.0.0.1:${port}`, `  secret: ${SECRET}`,
       // Mail processes run as the mail uid and write last_login/quota: the socket must let them in.
       'dict:', `  listen: unix:${dictSocket}`, '  mode: "0666"',
+      'socketmap:', `  listen: unix:${join(tmp.path, 'run', 'socketmap.sock')}`, '  mode: "0666"',
     ].join('\n'));
     daemon = await startDaemon(config);
   });
@@ -157,6 +161,50 @@ plugin {
       assert.equal((await imapLogin(dovecot.imapPort, 'olga@example.org', 'legacy pw')).ok, true, 'same password after the upgrade');
       const { stdout } = await run('doveadm', ['pw', '-t', m!.passwordHash!, '-p', 'legacy pw']);
       assert.match(stdout, /verified/);
+    }));
+
+  it('submission: SMTP AUTH through Dovecot SASL, envelope senders limited to what the login owns', () =>
+    withLogs(async () => {
+      const sink = await startLmtpSink();
+      const socketmap = `socketmap:unix:${join(tmp.path, 'run', 'socketmap.sock')}`;
+      // The submission entry of postfix-conf/master.cf, as main.cf settings of a test instance.
+      const postfix = await startPostfix({
+        mainCf: {
+          mynetworks: '127.0.0.254/32',
+          smtpd_sasl_auth_enable: 'yes',
+          smtpd_sasl_type: 'dovecot',
+          smtpd_sasl_path: dovecot.authClientSocket,
+          smtpd_sender_login_maps: `${socketmap}:smtpd_sender_login_maps`,
+          smtpd_sender_restrictions: 'reject_sender_login_mismatch',
+          smtpd_relay_restrictions: 'permit_sasl_authenticated, reject',
+          relay_transport: sink.transport,
+          default_transport: sink.transport,
+        },
+      });
+      try {
+        await withPostfixLogs(postfix, async () => {
+          const submit = (user: string, password: string, from: string) => sendMail({
+            port: postfix.smtpPort, from, to: ['friend@elsewhere.example'],
+            swaksArgs: ['--auth', 'PLAIN', '--auth-user', user, '--auth-password', password],
+          });
+          // smtpd_delay_reject (the default) evaluates sender restrictions at RCPT time.
+          const rcptTo = (r: Awaited<ReturnType<typeof submit>>) => r.replies.find((x) => /^RCPT TO/i.test(x.command));
+          const own = await submit('alice@example.org', 'alice pw', 'alice@example.org');
+          assert.equal(own.code, 250, own.transcript);
+          const viaAlias = await submit('alice@example.org', 'alice pw', 'info@example.org');
+          assert.equal(viaAlias.code, 250, `an alias leading to alice is hers to send as: ${viaAlias.transcript}`);
+          const plus = await submit('alice@example.org', 'alice pw', 'alice+news@example.org');
+          assert.equal(plus.code, 250, plus.transcript);
+          const forged = await submit('alice@example.org', 'alice pw', 'olga@example.org');
+          assert.match(rcptTo(forged)?.text ?? forged.transcript, /^553 5\.7\.1 .*not owned by user alice@example\.org/);
+          const badPassword = await submit('alice@example.org', 'nope', 'alice@example.org');
+          assert.ok(badPassword.replies.some((r) => r.code === 535), badPassword.transcript);
+          await sink.waitFor((d) => d.from === 'info@example.org', 15_000);
+        });
+      } finally {
+        await postfix.stop();
+        await sink.close();
+      }
     }));
 
   it('a password change and a disable take effect at once', () =>
