@@ -7,7 +7,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { ServiceListen } from '../config/load.ts';
-import { listen, type ConnectionHandle, type Listener } from '../net/listener.ts';
+import { drained, listen, type ConnectionHandle, type Listener } from '../net/listener.ts';
 import {
   commitFailed,
   commitNotFound,
@@ -461,16 +461,4 @@ function keyList(ops: readonly DictOp[]): string[] {
 
 function elapsed(started: number): number {
   return Math.round((performance.now() - started) * 10) / 10;
-}
-
-function drained(socket: Socket): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      socket.off('drain', done);
-      socket.off('close', done);
-      resolve();
-    };
-    socket.on('drain', done);
-    socket.on('close', done);
-  });
 }

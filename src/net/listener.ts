@@ -230,3 +230,16 @@ function boundAddress(server: Server, requested: ListenAddress): ListenAddress {
   if (requested.kind === 'unix' || info === null || typeof info === 'string') return requested;
   return { kind: 'inet', host: info.address, port: info.port };
 }
+
+/** Resolves when a socket can take more writes, or is gone. Shared by the line/frame servers. */
+export function drained(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
+}

@@ -3,7 +3,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { ServiceListen } from '../config/load.ts';
-import { listen, type ConnectionHandle, type Listener } from '../net/listener.ts';
+import { drained, listen, type ConnectionHandle, type Listener } from '../net/listener.ts';
 import { encodeNetstring, NetstringDecoder, NetstringError } from './netstring.ts';
 import { encodeReply, parseRequest, ProtocolError, PROTOCOL_ERROR_CODES, reply, type SocketmapReply } from './protocol.ts';
 
@@ -173,16 +173,4 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
       if (!busy && head >= queue.length) finish();
     },
   };
-}
-
-function drained(socket: Socket): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      socket.off('drain', done);
-      socket.off('close', done);
-      resolve();
-    };
-    socket.on('drain', done);
-    socket.on('close', done);
-  });
 }
