@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { AuthConfig } from '../config/load.ts';
 import { listen, type Listener } from '../net/listener.ts';
 import type { DovecotAuth, DovecotVersion, LoginContext } from './dovecot-auth.ts';
+import type { BruteForcePolicy } from './policy.ts';
 
 const MAX_BODY = 64 * 1024;
 export const SECRET_HEADER = 'x-mailwarden-secret';
@@ -17,6 +18,8 @@ export interface AuthHttpOptions {
   /** Read per request, so a reload can swap the directory underneath. */
   readonly auth: () => DovecotAuth;
   readonly log: Logger;
+  /** Brute-force policy (auth.policy); read per request, it survives reloads. */
+  readonly policy?: () => BruteForcePolicy | undefined;
 }
 
 class HttpError extends Error {
@@ -64,6 +67,58 @@ export async function startAuthHttpServer(opts: AuthHttpOptions): Promise<Listen
     }
     if (req.method === 'GET' && url.pathname === '/dovecot/users') {
       return send(res, 200, { users: await auth.listUsers() });
+    }
+    if (url.pathname === '/dovecot/policy' || url.pathname.startsWith('/admin/')) return handlePolicy(req, res, url);
+    throw new HttpError(404, `no such endpoint: ${req.method} ${url.pathname}`);
+  }
+
+  // Dovecot's auth policy interface (weakforced JSON) and the admin routes of `mailwarden auth unblock|blocked`.
+  async function handlePolicy(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const policy = opts.policy?.();
+    const enabled = policy !== undefined && policy.settings.enabled;
+    if (req.method === 'POST' && url.pathname === '/dovecot/policy') {
+      // `...policy?` as the configured URL gives `??command=allow`: accept both.
+      const command = new URLSearchParams(url.search.replace(/^\?+/, '')).get('command');
+      const body = await readJson(req);
+      const attempt = {
+        ...(typeof body['login'] === 'string' ? { login: body['login'] } : {}),
+        ...(typeof body['remote'] === 'string' ? { remote: body['remote'] } : {}),
+        ...(typeof body['pwhash'] === 'string' ? { pwhash: body['pwhash'] } : {}),
+      };
+      if (command === 'allow') {
+        if (!enabled) return send(res, 200, { status: 0, msg: '' });
+        const d = policy.check(attempt);
+        if (d.action !== 'allow') {
+          log.info({ remote_ip: attempt.remote, login: attempt.login, protocol: body['protocol'], action: d.action, status: d.status, key: d.key, counts: d.counts }, `auth policy: ${d.action}`);
+        }
+        return send(res, 200, { status: d.status, msg: d.msg ?? '' });
+      }
+      if (command === 'report') {
+        if (!enabled) return send(res, 200, { status: 0, msg: '' });
+        // Dovecot 2.4 says why a login failed: a temporary failure or the policy itself is not a guess.
+        const failType = typeof body['fail_type'] === 'string' ? body['fail_type'] : '';
+        const blocked = policy.report({
+          ...attempt,
+          success: body['success'] === true,
+          policyReject: body['policy_reject'] === true || failType === 'internal' || failType === 'policy',
+        });
+        for (const key of blocked) {
+          const s = policy.settings;
+          log.info({ remote_ip: attempt.remote, login: attempt.login, protocol: body['protocol'], action: 'block', key, block_time_s: Math.round(s.blockTimeMs / 1000) }, 'auth policy: blocking');
+        }
+        return send(res, 200, { status: 0, msg: '' });
+      }
+      throw new HttpError(400, 'command must be allow or report');
+    }
+    if (!enabled) throw new HttpError(409, 'brute-force protection is off (auth.policy.enabled: false)');
+    if (req.method === 'POST' && url.pathname === '/admin/unblock') {
+      const key = requiredString(await readJson(req), 'key');
+      const removed = policy.unblock(key);
+      log.info({ key, removed, peer: req.socket.remoteAddress ?? 'unix' }, 'auth policy: unblock');
+      return send(res, 200, { key, removed });
+    }
+    if (req.method === 'GET' && url.pathname === '/admin/blocked') {
+      return send(res, 200, { blocked: policy.blocked() });
     }
     throw new HttpError(404, `no such endpoint: ${req.method} ${url.pathname}`);
   }

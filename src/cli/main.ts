@@ -6,6 +6,7 @@ import { registerUser } from './commands/user.ts';
 import { registerAlias } from './commands/alias.ts';
 import { registerLookup } from './commands/lookup.ts';
 import { registerDb } from './commands/db.ts';
+import { registerAuth } from './commands/auth.ts';
 import { serve } from '../daemon/serve.ts';
 
 export async function main(argv: string[]): Promise<number> {
@@ -43,6 +44,7 @@ export async function main(argv: string[]): Promise<number> {
   registerAlias(program, ctx);
   registerLookup(program, ctx);
   registerDb(program, ctx);
+  registerAuth(program, ctx);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

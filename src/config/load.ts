@@ -5,6 +5,7 @@ import { LineCounter, parseDocument, isMap, isSeq, type Node, type YAMLMap } fro
 import { parseDnsServer } from '../dns/resolver.ts';
 import { ConfigError, NodeReader, yamlMessage } from './reader.ts';
 import { isLoopbackHost, parseListen, type ListenAddress } from './listen.ts';
+import { DEFAULT_POLICY, parseCidr, type PolicySettings } from '../auth/policy.ts';
 
 export const DEFAULT_CONFIG_FILE = '/etc/mailwarden/mailwarden.yaml';
 
@@ -55,6 +56,8 @@ export interface AuthConfig extends ServiceListen {
   readonly verifyConcurrency: number;
   /** Re-hash legacy hashes (SHA512-CRYPT, BLF-CRYPT, ...) to argon2id on the next successful login. */
   readonly rehash: boolean;
+  /** Brute-force throttling for Dovecot's auth_policy_server_url (auth.policy). */
+  readonly policy: PolicySettings;
 }
 
 export interface Config {
@@ -161,7 +164,7 @@ export function parseConfig(text: string, path: string): Config {
 }
 
 function readAuth(r: NodeReader, top: YAMLMap | undefined, base: string): AuthConfig | undefined {
-  const keys = ['secret', 'secret_file', 'verify_cache_ttl', 'verify_concurrency', 'rehash'];
+  const keys = ['secret', 'secret_file', 'verify_cache_ttl', 'verify_concurrency', 'rehash', 'policy'];
   const service = readService(r, top, 'auth', keys);
   if (!service) return undefined;
   const sec = r.section(top, 'auth', 'auth', ['listen', 'mode', 'user', 'group', ...keys]);
@@ -188,6 +191,38 @@ function readAuth(r: NodeReader, top: YAMLMap | undefined, base: string): AuthCo
     verifyCacheTtlMs: r.duration(sec, 'verify_cache_ttl', 'auth.verify_cache_ttl') ?? 300_000,
     verifyConcurrency: r.integer(sec, 'verify_concurrency', 'auth.verify_concurrency', 1, 64) ?? 2,
     rehash: r.boolean(sec, 'rehash', 'auth.rehash') ?? true,
+    policy: readPolicy(r, sec),
+  };
+}
+
+/** auth.policy: on by default (it only acts when Dovecot's auth_policy_server_url points here). */
+function readPolicy(r: NodeReader, auth: YAMLMap | undefined): PolicySettings {
+  const sec = r.section(auth, 'policy', 'auth.policy', ['enabled', 'delay_after', 'block_after', 'window', 'block_time', 'max_delay', 'allow', 'max_entries']);
+  const d = DEFAULT_POLICY;
+  const delayAfter = r.integer(sec, 'delay_after', 'auth.policy.delay_after', 1, 100_000) ?? d.delayAfter;
+  const blockAfter = r.integer(sec, 'block_after', 'auth.policy.block_after', 1, 100_000) ?? d.blockAfter;
+  if (blockAfter < delayAfter) r.fail(r.node(sec, 'block_after'), 'auth.policy.block_after must not be smaller than auth.policy.delay_after');
+  const positive = (key: string, fallback: number): number => {
+    const v = r.duration(sec, key, `auth.policy.${key}`);
+    if (v !== undefined && v <= 0) r.fail(r.node(sec, key), `auth.policy.${key} must be more than 0`);
+    return v ?? fallback;
+  };
+  const allowNode = r.node(sec, 'allow');
+  const allow: string[] = [];
+  for (const [i, entry] of (r.stringList(sec, 'allow', 'auth.policy.allow') ?? d.allow).entries()) {
+    const c = parseCidr(entry);
+    if (typeof c === 'string') r.fail(isSeq(allowNode) ? (allowNode.items[i] as Node) : allowNode, `auth.policy.allow: ${c}`);
+    else allow.push(entry.trim());
+  }
+  return {
+    enabled: r.boolean(sec, 'enabled', 'auth.policy.enabled') ?? d.enabled,
+    delayAfter,
+    blockAfter,
+    windowMs: positive('window', d.windowMs),
+    blockTimeMs: positive('block_time', d.blockTimeMs),
+    maxDelayMs: positive('max_delay', d.maxDelayMs),
+    allow,
+    maxEntries: r.integer(sec, 'max_entries', 'auth.policy.max_entries', 100, 100_000_000) ?? d.maxEntries,
   };
 }
 

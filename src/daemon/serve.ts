@@ -12,6 +12,7 @@ import type { Listener } from '../net/listener.ts';
 import { DovecotAuth } from '../auth/dovecot-auth.ts';
 import { startAuthHttpServer } from '../auth/http-server.ts';
 import { PasswordVerifier } from '../auth/verifier.ts';
+import { BruteForcePolicy } from '../auth/policy.ts';
 import { startDictServer } from '../dict/server.ts';
 import { MailwardenDict } from '../dict/handler.ts';
 
@@ -38,7 +39,9 @@ const SERVICES = {
   },
   auth: {
     section: (c: Config) => c.auth,
-    start: (d: Daemon, c: Config) => startAuthHttpServer({ config: c.auth!, auth: () => d.state!.dovecot, log: d.log.child({ service: 'auth' }) }),
+    start: (d: Daemon, c: Config) => startAuthHttpServer({
+      config: c.auth!, auth: () => d.state!.dovecot, log: d.log.child({ service: 'auth' }), policy: () => d.policy,
+    }),
   },
   dict: {
     section: (c: Config) => c.dict,
@@ -65,6 +68,12 @@ export class Daemon {
   }
 
   #verifier: PasswordVerifier | undefined;
+  /** Brute-force counters: in memory, kept across reloads (only the thresholds change). */
+  #policy: BruteForcePolicy | undefined;
+
+  get policy(): BruteForcePolicy | undefined {
+    return this.#policy;
+  }
 
   async start(config: Config): Promise<void> {
     const directory = await this.#openDirectory(config);
@@ -101,6 +110,8 @@ export class Daemon {
         concurrency: verifierConfig.concurrency, cacheTtlMs: verifierConfig.ttl, cacheMaxEntries: 100_000, argon2: verifierConfig.argon2,
       });
     }
+    // Created once; a successful reload only changes its thresholds (reload() below).
+    if (auth && !this.#policy) this.#policy = new BruteForcePolicy(auth.policy);
     const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true }, this.log.child({ service: 'dovecot-auth' }));
     return { config, directory, lookups, dovecot, listeners: new Map() };
   }
@@ -154,6 +165,7 @@ export class Daemon {
         return false;
       }
       this.#state = state;
+      if (config.auth) this.#policy?.configure(config.auth.policy);
       if (directory !== old.directory) await old.directory.close();
       this.log.info({ config: config.file, services: serviceList(config) }, 'configuration reloaded');
       return true;
