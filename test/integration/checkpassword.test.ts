@@ -6,7 +6,7 @@
 // cost per login.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { writeFileSync } from 'node:fs';
@@ -60,7 +60,13 @@ describe('Dovecot 2.3 passdb checkpassword = bin/mailwarden-checkpassword', () =
     config = join(tmp.path, 'mailwarden.yaml');
     // Dovecot first (mailwarden's userdb needs its home dir and mail uid); the
     // program reads the config only when called.
-    dovecot = await startDovecot({ conf: await checkpasswordConf(config) });
+    // Dovecot's auth process (user dovecot) execs the program from this checkout. A
+    // checkout under a private directory (a CI clone in a 0700 temp dir) is out of
+    // its reach; a real install lives in world-readable /opt or /usr. Only then,
+    // and only in the test, the auth process runs as root.
+    const reachable = spawnSync('runuser', ['-u', 'dovecot', '--', 'test', '-x', PROGRAM]).status === 0;
+    const authAsRoot = reachable ? '' : '\nservice auth {\n  user = root\n}\n';
+    dovecot = await startDovecot({ conf: (await checkpasswordConf(config)) + authAsRoot });
     writeFileSync(config, [
       'directory:', '  backend: yaml', `  path: ${directoryPath}`,
       'userdb:', `  home: ${dovecot.homeDir}/%d/%n`, `  uid: "${dovecot.mailUid}"`, `  gid: "${dovecot.mailGid}"`,
