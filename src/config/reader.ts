@@ -45,8 +45,11 @@ export class NodeReader {
   }
 
   checkKeys(map: YAMLMap, path: string, known: readonly string[]): void {
+    const seen = new Set<string>();
     for (const pair of map.items as Pair<Node, Node>[]) {
       const name = isScalar(pair.key) ? String(pair.key.value) : '?';
+      if (seen.has(name)) this.fail(pair.key, `duplicate setting ${path ? `${path}.` : ''}${name}`);
+      seen.add(name);
       if (!known.includes(name)) {
         this.fail(pair.key, `unknown setting ${path ? `${path}.` : ''}${name} (known: ${known.join(', ')})`);
       }

@@ -80,7 +80,9 @@ function targetList(r: NodeReader, node: Node | null | undefined, path: string):
 /** Parses and validates a directory file; errors carry file:line:col. */
 export function parseDirectory(text: string, file: string): { doc: Document; snapshot: DirectorySnapshot; issues: string[] } {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
+  // uniqueKeys is O(n²) in the yaml package (100,000 mailboxes: minutes); duplicates
+  // are caught below on canonical keys, and within small maps by checkKeys().
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, uniqueKeys: false });
   const r = new NodeReader(file, doc, lines);
   const snap = new DirectorySnapshot();
   for (const e of doc.errors) {
