@@ -1,0 +1,218 @@
+// Process plumbing for the benchmark: CPU accounting from /proc, daemons that
+// cannot outlive the benchmark, and one cleanup list run on every exit path.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
+
+/** Clock ticks per second for /proc/<pid>/stat; 100 on every Linux port Node supports. */
+const CLK_TCK = 100;
+const TICK_US = 1_000_000 / CLK_TCK;
+
+/** Fields of /proc/<pid>/stat after the `(comm)` (which may contain spaces), 0-based from field 3. */
+function statFields(text: string): string[] {
+  return text.slice(text.lastIndexOf(')') + 2).trim().split(' ');
+}
+
+/** utime + stime of a process (all its threads), in µs. Resolution: 10 ms. */
+export function cpuMicros(pid: number): number {
+  const f = statFields(readFileSync(`/proc/${pid}/stat`, 'latin1'));
+  return (Number(f[11]) + Number(f[12])) * TICK_US;
+}
+
+/** cutime + cstime (CPU of waited-for children) from a /proc/<pid>/stat text, in µs. */
+export function childrenCpuMicros(statText: string): number {
+  const f = statFields(statText);
+  return (Number(f[13]) + Number(f[14])) * TICK_US;
+}
+
+/** System-wide busy and steal CPU time since boot (all cores, from /proc/stat), in µs. */
+export function systemCpuMicros(): { busy: number; steal: number } {
+  const line = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!;
+  // cpu user nice system idle iowait irq softirq steal guest guest_nice (guest time is already in user)
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  const busy = f[0]! + f[1]! + f[2]! + f[5]! + f[6]!;
+  return { busy: busy * TICK_US, steal: f[7]! * TICK_US };
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+// --- cleanup: LIFO, once, on normal end, error, Ctrl-C and SIGTERM ---
+
+type CleanupFn = () => Promise<void> | void;
+const cleanups: Array<{ name: string; fn: CleanupFn }> = [];
+/** Last-resort synchronous kills for process.on('exit') (pids) and directories to remove. */
+const exitPids = new Set<number>();
+const exitDirs = new Set<string>();
+let cleaning: Promise<void> | undefined;
+
+export function onCleanup(name: string, fn: CleanupFn): () => void {
+  const entry = { name, fn };
+  cleanups.push(entry);
+  return () => {
+    const i = cleanups.indexOf(entry);
+    if (i >= 0) cleanups.splice(i, 1);
+  };
+}
+
+export function killAtExit(pid: number): () => void {
+  exitPids.add(pid);
+  return () => exitPids.delete(pid);
+}
+
+export function removeAtExit(dir: string): void {
+  exitDirs.add(dir);
+}
+
+export function runCleanups(): Promise<void> {
+  cleaning ??= (async () => {
+    while (cleanups.length) {
+      const { name, fn } = cleanups.pop()!;
+      try {
+        await fn();
+      } catch (err) {
+        process.stderr.write(`bench: cleanup ${name} failed: ${(err as Error).message}\n`);
+      }
+    }
+  })();
+  return cleaning;
+}
+
+/** Set once a signal asked us to stop: errors from the children we are killing are expected then. */
+export let interrupted = false;
+
+let handlersInstalled = false;
+export function installSignalHandlers(): void {
+  if (handlersInstalled) return;
+  handlersInstalled = true;
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      if (interrupted) return;
+      interrupted = true;
+      process.stderr.write(`\nbench: ${sig}, stopping everything...\n`);
+      const force = setTimeout(() => process.exit(130), 30_000);
+      force.unref();
+      void runCleanups().finally(() => process.exit(130));
+    });
+  }
+  process.on('exit', () => {
+    for (const pid of exitPids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+    for (const dir of exitDirs) rmSync(dir, { recursive: true, force: true });
+  });
+}
+
+// --- a daemon under a stdin watchdog ---
+
+// $1 = log file, the rest = the command. The daemon runs with stdin from
+// /dev/null; the shell keeps our pipe on fd 3, and a reader subshell TERMs the
+// daemon as soon as the pipe closes: when we ask (stop()) or when the
+// benchmark dies in any way, even SIGKILL. Prints the daemon's pid first.
+const WATCHDOG = `
+log=$1; shift
+exec 3<&0 0</dev/null
+"$@" 3<&- >>"$log" 2>&1 &
+pid=$!
+echo "$pid"
+( read -r _ <&3; kill -TERM $pid 2>/dev/null ) &
+watcher=$!
+exec 3<&-
+wait $pid; status=$?
+kill $watcher 2>/dev/null
+exit $status
+`;
+
+export interface Daemon {
+  /** The daemon's own pid (not the watchdog's): what /proc CPU accounting needs. */
+  readonly pid: number;
+  readonly log: string;
+  readonly exited: boolean;
+  /** SIGTERM via the watchdog, SIGKILL after graceMs. */
+  stop(graceMs?: number): Promise<void>;
+  logTail(lines?: number): string;
+}
+
+export async function startDaemon(command: string, args: readonly string[], opts: { log: string; env?: NodeJS.ProcessEnv; name: string }): Promise<Daemon> {
+  // detached: its own process group, so Ctrl-C reaches only us and we shut it down in order.
+  const child = spawn('sh', ['-c', WATCHDOG, `${opts.name}-watchdog`, opts.log, command, ...args], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    detached: true,
+    env: opts.env ?? process.env,
+  });
+  let exited = false;
+  const exit = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  const pid = await new Promise<number>((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) resolve(Number(buf.slice(0, nl)));
+    });
+    child.once('exit', (code) => reject(new Error(`${opts.name} watchdog exited (${code}) before starting the daemon`)));
+  });
+  const forget = killAtExit(pid);
+  let stopping: Promise<void> | undefined;
+  const daemon: Daemon = {
+    pid,
+    log: opts.log,
+    get exited() { return exited; },
+    stop(graceMs = 10_000) {
+      stopping ??= (async () => {
+        child.stdin!.end();
+        const timer = setTimeout(() => {
+          try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+        }, graceMs);
+        await exit;
+        clearTimeout(timer);
+        forget();
+      })();
+      return stopping;
+    },
+    logTail(lines = 20) {
+      try {
+        return readFileSync(opts.log, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+      } catch {
+        return '(no log)';
+      }
+    },
+  };
+  onCleanup(`stop ${opts.name}`, () => daemon.stop());
+  return daemon;
+}
+
+/** Resolves once something accepts connections on the UNIX socket `path`. */
+export async function waitForSocket(path: string, timeoutMs: number, alive: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s: Socket = connect(path);
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (!alive()) throw new Error(`${what} exited before listening on ${path}`);
+    if (Date.now() > deadline) throw new Error(`${what} did not listen on ${path} within ${timeoutMs / 1000} s`);
+    await sleep(100);
+  }
+}
+
+/** Tracks short-lived children (postmap) so Ctrl-C kills them too. */
+export function track(child: ChildProcess): void {
+  if (child.pid === undefined) return;
+  const forget = killAtExit(child.pid);
+  child.once('exit', forget);
+}
