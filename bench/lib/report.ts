@@ -53,7 +53,7 @@ const int = (n: number) => Math.round(n).toLocaleString('en-US');
 const us = (n: number | undefined) => (n === undefined ? '—' : n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(1));
 
 export function formatTable(rows: readonly Row[]): string {
-  const head = ['configuration', 'conc', 'lookups/s', 'p50 µs', 'p99 µs', 'server CPU µs/lk', 'mysqld CPU µs/lk', 'client CPU µs/lk', 'found', 'errors', 'other CPU'];
+  const head = ['configuration', 'conc', 'lookups/s', 'p50 µs', 'p99 µs', 'server CPU µs/lk', 'mysqld CPU µs/lk', 'client CPU µs/lk', 'found', 'errors', 'other/steal'];
   const body = rows.map((r) => [
     r.configuration,
     String(r.concurrency),
@@ -65,7 +65,7 @@ export function formatTable(rows: readonly Row[]): string {
     us(r.clientCpuUs),
     `${(r.found * 100).toFixed(1)}%`,
     String(r.errors),
-    `${(r.otherCpuShare * 100).toFixed(0)}%`,
+    `${(r.otherCpuShare * 100).toFixed(0)}%/${(r.stealShare * 100).toFixed(0)}%`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
