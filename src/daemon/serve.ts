@@ -92,7 +92,8 @@ export class Daemon {
   #lookups(config: Config, directory: OpenedDirectory): LookupService {
     const cache = config.directory.backend === 'mysql'
       ? { cacheTtlMs: config.directory.cacheTtlMs, cacheSize: config.directory.cacheSize }
-      : { cacheTtlMs: 0, cacheSize: 0 };
+      // The YAML directory changes only by reload, which flushes the cache: the TTL is a mere backstop.
+      : { cacheTtlMs: 3_600_000, cacheSize: 1_000_000 };
     return new LookupService(directory, { recipientDelimiter: config.recipientDelimiter, ...cache }, this.log.child({ service: 'lookup' }));
   }
 

@@ -46,6 +46,8 @@ export function createDirectoryPool(config: MysqlDirectoryConfig): Pool {
     connectTimeout: Math.min(10_000, Math.max(2_000, 2 * config.queryTimeoutMs)),
     // DATETIME(3) columns hold UTC.
     timezone: 'Z',
+    // mysql2 captures a stack trace per query by default: ~7 µs each, 5.5 % of a cold-lookup profile.
+    trace: false,
     supportBigNumbers: true,
   }));
 }

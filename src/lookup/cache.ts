@@ -1,8 +1,8 @@
-// Answers from a remote directory (MariaDB) are cached per (map, key), positive
-// and negative alike. Staleness is bounded twice: every entry expires after
-// cache_ttl, and the whole cache is dropped as soon as the backend reports a
-// change (the MySQL change serial, polled every second), so a CLI edit is
-// visible within about a second while direct SQL edits wait at most cache_ttl.
+// Lookup answers are cached per (map, key), positive and negative alike.
+// Staleness is bounded twice: every entry expires after its TTL, and the whole
+// cache is dropped as soon as the backend reports a change (the MySQL change
+// serial, polled every second; a YAML file reload), so a CLI edit is visible
+// within about a second while direct SQL edits wait at most cache_ttl.
 import type { LookupResult, MapName } from './maps.ts';
 
 interface Entry {

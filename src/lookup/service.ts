@@ -1,13 +1,14 @@
 // The lookup service every protocol front-end calls: directory maps, a cache
-// in front of remote backends, and one debug log line per decision.
+// in front of every backend, and one debug log line per decision.
 import type { Logger } from 'pino';
 import type { DirectoryBackend } from '../directory/types.ts';
 import { LookupCache } from './cache.ts';
+import { DomainMemo } from './domain-memo.ts';
 import { DirectoryMaps, type LookupResult, type MapName } from './maps.ts';
 
 export interface LookupServiceOptions {
   readonly recipientDelimiter: string;
-  /** Only used for remote backends. */
+  /** Answers are cached per key and dropped on every directory change (0 = no cache). */
   readonly cacheTtlMs: number;
   readonly cacheSize: number;
 }
@@ -18,9 +19,10 @@ export class LookupService {
   readonly #log: Logger;
 
   constructor(directory: DirectoryBackend, options: LookupServiceOptions, log: Logger) {
-    this.maps = new DirectoryMaps(directory, { recipientDelimiter: options.recipientDelimiter });
+    const reader = directory.remote && options.cacheTtlMs > 0 ? new DomainMemo(directory, options.cacheTtlMs) : directory;
+    this.maps = new DirectoryMaps(reader, { recipientDelimiter: options.recipientDelimiter });
     this.#log = log;
-    if (directory.remote && options.cacheTtlMs > 0 && options.cacheSize > 0) {
+    if (options.cacheTtlMs > 0 && options.cacheSize > 0) {
       const cache = new LookupCache(options.cacheTtlMs, options.cacheSize);
       directory.onChange(() => cache.flush());
       this.cache = cache;

@@ -46,12 +46,16 @@ test('cached answers are dropped within about a second of a change made elsewher
   assert.equal((await service.lookup('virtual_mailbox_maps', 'new@example.org')).found, false);
   assert.equal(service.cache?.hits, 1, 'second answer from the cache');
   // Another instance (or the CLI on another host) adds the mailbox.
+  assert.equal((await service.lookup('virtual_mailbox_maps', 'x@later.example')).found, false, 'domain row remembered as absent');
   const other = await MysqlDirectory.open(config, silent);
   await new DirectoryAdmin(other).addMailbox('new@example.org');
+  await new DirectoryAdmin(other).addDomain('later.example');
+  await new DirectoryAdmin(other).addMailbox('x@later.example');
   await other.close();
   const start = Date.now();
   while (!(await service.lookup('virtual_mailbox_maps', 'new@example.org')).found) {
     assert.ok(Date.now() - start < 2500, 'change visible within 2.5 s');
     await sleep(50);
   }
+  assert.equal((await service.lookup('virtual_mailbox_maps', 'x@later.example')).found, true, 'the domain memo was dropped too');
 });
