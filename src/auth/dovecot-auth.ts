@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { UserdbConfig } from '../config/load.ts';
 import { addressKey, parseAddress } from '../core/address.ts';
 import { DirectoryError, type DirectoryBackend, type Mailbox } from '../directory/types.ts';
+import { hashScheme } from '../directory/passwords.ts';
 
 export type DovecotVersion = '2.3' | '2.4';
 export type Fields = Record<string, string | number>;
@@ -145,7 +146,7 @@ export class DovecotAuth {
     if (!rehash || !this.#options.rehash) return;
     try {
       await this.#dir.updateMailbox(m.address, { passwordHash: rehash });
-      this.#log.info({ user: m.address, from: scheme(m.passwordHash), to: scheme(rehash) }, 'password hash upgraded');
+      this.#log.info({ user: m.address, from: hashScheme(m.passwordHash), to: hashScheme(rehash) }, 'password hash upgraded');
     } catch (err) {
       this.#log.warn({ user: m.address, err: (err as Error).message }, 'password hash upgrade failed; will retry on next login');
     }
@@ -174,10 +175,6 @@ export function expand(template: string, m: Mailbox): string {
     .replace(/%\{user\s*\|\s*domain\}/g, m.domain)
     .replace(/%\{user\}/g, m.address)
     .replace(/%([und%])/g, (all, c: string) => values[c] ?? all);
-}
-
-function scheme(hash: string | undefined): string | undefined {
-  return hash ? /^\{([^}]+)\}/.exec(hash)?.[1] : undefined;
 }
 
 function ms(started: number): number {

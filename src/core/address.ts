@@ -137,13 +137,21 @@ export function catchAllKey(domain: string): string {
   return `@${domain}`;
 }
 
-/** Sender grants and catch-alls name an address or a whole domain (`@domain`). */
-export function grantAddress(text: string): string | undefined {
+/**
+ * An address or a whole domain (`@domain`), as catch-alls and sender grants
+ * name them: the canonical key and the domain it belongs to.
+ */
+export function parseAddressOrDomain(text: string): { key: string; domain: string } | undefined {
   const t = text.trim();
   if (t.startsWith('@')) {
-    const d = normalizeDomain(t.slice(1));
-    return d ? catchAllKey(d) : undefined;
+    const domain = normalizeDomain(t.slice(1));
+    return domain ? { key: catchAllKey(domain), domain } : undefined;
   }
   const a = parseAddress(t);
-  return a ? addressKey(a) : undefined;
+  return a ? { key: addressKey(a), domain: a.domain } : undefined;
+}
+
+/** Sender grants name an address or a whole domain (`@domain`). */
+export function grantAddress(text: string): string | undefined {
+  return parseAddressOrDomain(text)?.key;
 }

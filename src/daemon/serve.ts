@@ -103,16 +103,11 @@ export class Daemon {
       ? old.lookups
       : this.#lookups(config, directory);
     const auth = config.auth;
-    const verifierConfig = { argon2: config.passwords.argon2, ttl: auth?.verifyCacheTtlMs ?? 0, concurrency: auth?.verifyConcurrency ?? 2 };
-    if (!this.#verifier || !old || !isDeepStrictEqual(verifierConfig, {
-      argon2: old.config.passwords.argon2, ttl: old.config.auth?.verifyCacheTtlMs ?? 0, concurrency: old.config.auth?.verifyConcurrency ?? 2,
-    })) {
-      this.#verifier = new PasswordVerifier({
-        concurrency: verifierConfig.concurrency, cacheTtlMs: verifierConfig.ttl, cacheMaxEntries: 100_000, argon2: verifierConfig.argon2,
-      });
+    // Keep the verifier (and its cache of recent logins) unless its own settings changed.
+    const settings = verifierSettings(config);
+    if (!this.#verifier || !old || !isDeepStrictEqual(settings, verifierSettings(old.config))) {
+      this.#verifier = new PasswordVerifier({ ...settings, cacheMaxEntries: 100_000 });
     }
-    // Created once; a successful reload only changes its thresholds (reload() below).
-    if (auth && !this.#policy) this.#policy = new BruteForcePolicy(auth.policy);
     const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true }, this.log.child({ service: 'dovecot-auth' }));
     return { config, directory, lookups, dovecot, listeners: new Map() };
   }
@@ -183,6 +178,14 @@ export class Daemon {
     await s.directory.close();
     this.log.info('mailwarden stopped');
   }
+}
+
+function verifierSettings(config: Config) {
+  return {
+    argon2: config.passwords.argon2,
+    cacheTtlMs: config.auth?.verifyCacheTtlMs ?? 0,
+    concurrency: config.auth?.verifyConcurrency ?? 2,
+  };
 }
 
 function serviceList(config: Config): string[] {

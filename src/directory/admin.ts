@@ -1,7 +1,7 @@
 // Directory administration: the rules every write obeys, whatever the backend
 // (a mailbox needs a mailbox domain, alias domains point at mailbox domains,
 // nothing is deleted by surprise). The CLI is a thin layer over this.
-import { addressKey, catchAllKey, grantAddress, normalizeDomain, parseAddress, requireAddress, requireDomain, AddressError } from '../core/address.ts';
+import { addressKey, grantAddress, parseAddress, parseAddressOrDomain, requireAddress, requireDomain, AddressError } from '../core/address.ts';
 import {
   DirectoryError, type Alias, type DirectoryBackend, type Domain, type DomainUsage, type Mailbox, type SenderGrant,
 } from './types.ts';
@@ -222,14 +222,10 @@ export class DirectoryAdmin {
 }
 
 function aliasAddress(input: string): { address: string; domain: string } {
-  const text = input.trim();
-  if (text.startsWith('@')) {
-    const domain = normalizeDomain(text.slice(1));
-    if (!domain) throw new AddressError(`invalid catch-all: ${JSON.stringify(input)} (expected @domain)`);
-    return { address: catchAllKey(domain), domain };
-  }
-  const a = requireAddress(text);
-  return { address: addressKey(a), domain: a.domain };
+  const parsed = parseAddressOrDomain(input);
+  if (parsed) return { address: parsed.key, domain: parsed.domain };
+  if (input.trim().startsWith('@')) throw new AddressError(`invalid catch-all: ${JSON.stringify(input)} (expected @domain)`);
+  throw new AddressError(`invalid mail address: ${JSON.stringify(input.trim())}`);
 }
 
 /** Targets may be given as several arguments, comma lists, or both. */

@@ -6,7 +6,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unl
 import { basename, dirname, join } from 'node:path';
 import { Document, LineCounter, isMap, isScalar, isSeq, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import { NodeReader, yamlMessage, parseSize } from '../config/reader.ts';
-import { catchAllKey, grantAddress, normalizeDomain, parseAddress, addressKey } from '../core/address.ts';
+import { addressKey, grantAddress, normalizeDomain, parseAddress, parseAddressOrDomain } from '../core/address.ts';
 import { formatSize } from '../core/size.ts';
 import type { Alias, Domain, Mailbox, SenderGrant } from './types.ts';
 import { DirectoryError } from './types.ts';
@@ -153,17 +153,9 @@ export function parseDirectory(text: string, file: string): { doc: Document; sna
   }
 
   for (const [key, keyNode, map, valueNode] of entries(r, top, 'aliases')) {
-    let address: string | undefined;
-    let domainName: string | undefined;
-    if (key.startsWith('@')) {
-      domainName = normalizeDomain(key.slice(1));
-      address = domainName ? catchAllKey(domainName) : undefined;
-    } else {
-      const a = parseAddress(key);
-      address = a ? addressKey(a) : undefined;
-      domainName = a?.domain;
-    }
-    if (!address || !domainName) { r.fail(keyNode, `invalid alias address ${JSON.stringify(key)}`); continue; }
+    const parsed = parseAddressOrDomain(key);
+    if (!parsed) { r.fail(keyNode, `invalid alias address ${JSON.stringify(key)}`); continue; }
+    const { key: address, domain: domainName } = parsed;
     if (snap.aliases.has(address)) { r.fail(keyNode, `duplicate alias ${address}`); continue; }
     const domain = snap.domains.get(domainName);
     if (!domain || domain.aliasFor) r.fail(keyNode, `alias ${address}: ${domainName} is not a mailbox domain in this file`);

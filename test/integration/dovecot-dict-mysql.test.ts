@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { MysqlDirectory, createDirectoryPool } from '../../src/directory/mysql-backend.ts';
-import { migrate } from '../../src/directory/mysql-schema.ts';
+import { MysqlDirectory } from '../../src/directory/mysql-backend.ts';
+import { migrateDatabase } from '../../src/directory/mysql-admin.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
 import { hashPassword } from '../../src/directory/passwords.ts';
 import { DEFAULT_ARGON2 } from '../../src/config/load.ts';
@@ -28,9 +28,7 @@ describe('Dovecot 2.3 passdb/userdb dict + MariaDB directory, and a database out
     db = await startMariaDb(); // a private server: this test stops it
     const url = await db.createDatabase('mw_dovecot_dict');
     const dirConfig = { backend: 'mysql' as const, url, poolSize: 4, queryTimeoutMs: 1000, cacheTtlMs: 60_000, cacheSize: 1000 };
-    const pool = createDirectoryPool(dirConfig);
-    await migrate(pool);
-    await pool.end();
+    await migrateDatabase(dirConfig);
     const seed = await MysqlDirectory.open(dirConfig, pino({ level: 'silent' }));
     const admin = new DirectoryAdmin(seed);
     await admin.addDomain('example.org');

@@ -8,8 +8,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
-import { MysqlDirectory, createDirectoryPool } from '../../src/directory/mysql-backend.ts';
-import { migrate } from '../../src/directory/mysql-schema.ts';
+import { MysqlDirectory } from '../../src/directory/mysql-backend.ts';
+import { migrateDatabase } from '../../src/directory/mysql-admin.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
 import type { DirectoryBackend } from '../../src/directory/types.ts';
 import { EXPECTED, seedFixture } from '../support/directory-fixture.ts';
@@ -158,9 +158,7 @@ async function seedDirectory(backend: Backend, dir: string): Promise<string> {
     const db = await testMariaDb();
     const url = await db.createDatabase('mw_e2e');
     const config = { backend: 'mysql' as const, url, poolSize: 4, queryTimeoutMs: 2000, cacheTtlMs: 60_000, cacheSize: 10_000 };
-    const pool = createDirectoryPool(config);
-    await migrate(pool);
-    await pool.end();
+    await migrateDatabase(config);
     store = await MysqlDirectory.open(config, pino({ level: 'silent' }));
     section = `directory:\n  backend: mysql\n  url: ${JSON.stringify(url)}`;
   }
