@@ -108,6 +108,8 @@ export class Daemon {
     if (!this.#verifier || !old || !isDeepStrictEqual(settings, verifierSettings(old.config))) {
       this.#verifier = new PasswordVerifier({ ...settings, cacheMaxEntries: 100_000 });
     }
+    // Created once; a successful reload only changes its thresholds (reload() below).
+    if (auth && !this.#policy) this.#policy = new BruteForcePolicy(auth.policy);
     const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true }, this.log.child({ service: 'dovecot-auth' }));
     return { config, directory, lookups, dovecot, listeners: new Map() };
   }
