@@ -13,6 +13,7 @@
 // caller must turn it into a temporary result (temperror, DEFER, TEMP).
 import { Resolver } from 'node:dns/promises';
 import net from 'node:net';
+import { rawQuery } from './raw-query.ts';
 
 export type DnsRrType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR' | 'CNAME' | 'NS' | 'SPF';
 export const DNS_RR_TYPES: readonly DnsRrType[] = ['A', 'AAAA', 'MX', 'TXT', 'PTR', 'CNAME', 'NS', 'SPF'];
@@ -153,6 +154,10 @@ export interface NodeDnsResolver extends TtlDnsResolver {
  * dead server delays failover to the next one), we ask again when c-ares gives
  * up early, and we fail with ETIMEOUT at `timeoutMs`, whatever c-ares is still
  * doing. Answers truncated over UDP (TC bit) are retried over TCP by c-ares.
+ *
+ * Names c-ares refuses (EBADNAME for "+", ":", space, ...: legal in DNS, and
+ * SPF macros put local parts into names) are asked by our own stub client
+ * instead (raw-query.ts), to the same servers under the same deadline.
  */
 export function createResolver(opts: ResolverOptions): NodeDnsResolver {
   const timeoutMs = opts.timeoutMs;
@@ -164,6 +169,7 @@ export function createResolver(opts: ResolverOptions): NodeDnsResolver {
   const attemptMs = Math.max(1, Math.floor(timeoutMs / (2 * tries)));
   const resolver = new Resolver({ timeout: attemptMs, tries, maxTimeout: attemptMs });
   if (servers.length > 0) resolver.setServers(servers);
+  let cancelRaw = new AbortController();
 
   async function raw(name: string, rrtype: DnsRrType): Promise<DnsAnswer> {
     const answer = await rawAnswer(name, rrtype);
@@ -195,6 +201,15 @@ export function createResolver(opts: ResolverOptions): NodeDnsResolver {
     }
   }
 
+  // c-ares refuses names DNS allows ("+", ":", space, ...): ask them ourselves. rawQuery still says
+  // EBADNAME for names DNS cannot carry (empty or over-long labels). Its deadline starts just after
+  // query()'s, which so ends the lookup first: a raw ETIMEOUT never reaches the retry below.
+  const askRefused = (name: string, rrtype: DnsRrType) => (err: unknown): Promise<DnsAnswer> => {
+    if ((err as { code?: unknown } | null)?.code !== 'EBADNAME') throw err;
+    const to = servers.length > 0 ? servers : resolver.getServers();
+    return rawQuery(name, rrtype, { servers: to, timeoutMs, tries, signal: cancelRaw.signal });
+  };
+
   function query(name: string, rrtype: DnsRrType): Promise<DnsAnswer> {
     return new Promise<DnsAnswer>((resolve, reject) => {
       let done = false;
@@ -204,7 +219,7 @@ export function createResolver(opts: ResolverOptions): NodeDnsResolver {
       }, timeoutMs);
       const attempt = (): void => {
         const started = performance.now();
-        raw(name, rrtype).then(
+        raw(name, rrtype).catch(askRefused(name, rrtype)).then(
           (answer) => {
             if (done) return;
             done = true;
@@ -232,6 +247,10 @@ export function createResolver(opts: ResolverOptions): NodeDnsResolver {
     query,
     servers: Object.freeze(servers.length > 0 ? servers : resolver.getServers()),
     timeoutMs,
-    cancel: () => resolver.cancel(),
+    cancel: () => {
+      resolver.cancel();
+      cancelRaw.abort();
+      cancelRaw = new AbortController();
+    },
   });
 }
