@@ -7,6 +7,7 @@ import { registerAlias } from './commands/alias.ts';
 import { registerLookup } from './commands/lookup.ts';
 import { registerDb } from './commands/db.ts';
 import { registerAuth } from './commands/auth.ts';
+import { registerPolicy } from './commands/policy.ts';
 import { serve } from '../daemon/serve.ts';
 
 export async function main(argv: string[]): Promise<number> {
@@ -19,7 +20,7 @@ export async function main(argv: string[]): Promise<number> {
     .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error:') ? `mailwarden: ${s.slice(7)}` : s) });
   const ctx = () => (context ??= new CliContext(program.opts<{ config?: string }>().config));
 
-  program.command('serve').description('run the configured services (socketmap) in the foreground')
+  program.command('serve').description('run the configured services (socketmap, auth, dict, policy) in the foreground')
     .action(async () => {
       await serve(ctx().configFile);
     });
@@ -36,6 +37,9 @@ export async function main(argv: string[]): Promise<number> {
         backend: config.directory.backend,
         domains: domains.length,
         socketmap: config.socketmap ? 'on' : 'off',
+        auth: config.auth ? 'on' : 'off',
+        dict: config.dict ? 'on' : 'off',
+        policy: config.policy ? 'on' : 'off',
       });
     });
 
@@ -45,6 +49,7 @@ export async function main(argv: string[]): Promise<number> {
   registerLookup(program, ctx);
   registerDb(program, ctx);
   registerAuth(program, ctx);
+  registerPolicy(program, ctx);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

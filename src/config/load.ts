@@ -6,6 +6,7 @@ import { parseDnsServer } from '../dns/resolver.ts';
 import { ConfigError, NodeReader, yamlMessage } from './reader.ts';
 import { isLoopbackHost, parseListen, type ListenAddress } from './listen.ts';
 import { DEFAULT_POLICY, parseCidr, type PolicySettings } from '../auth/policy.ts';
+import { readSmtpdPolicy, type SmtpdPolicyConfig } from '../policy/config.ts';
 
 export const DEFAULT_CONFIG_FILE = '/etc/mailwarden/mailwarden.yaml';
 
@@ -72,9 +73,11 @@ export interface Config {
   readonly userdb: UserdbConfig;
   readonly auth?: AuthConfig;
   readonly dict?: ServiceListen;
+  /** Postfix SMTPD access policy service (check_policy_service). */
+  readonly policy?: SmtpdPolicyConfig;
 }
 
-const TOP_KEYS = ['directory', 'recipient_delimiter', 'log', 'dns', 'passwords', 'userdb', 'socketmap', 'auth', 'dict'];
+const TOP_KEYS = ['directory', 'recipient_delimiter', 'log', 'dns', 'passwords', 'userdb', 'socketmap', 'auth', 'dict', 'policy'];
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Current defaults for new password hashes: OWASP's argon2id baseline (19 MiB, t=2, p=1), ~25 ms per verify. */
@@ -138,6 +141,7 @@ export function parseConfig(text: string, path: string): Config {
   const socketmap = readService(r, top, 'socketmap', []);
   const dict = readService(r, top, 'dict', []);
   const auth = readAuth(r, top, base);
+  const policy = readSmtpdPolicy(r, top);
 
   const udb = r.section(top, 'userdb', 'userdb', ['home', 'uid', 'gid', 'mail']);
   const userdb: UserdbConfig = {
@@ -160,6 +164,7 @@ export function parseConfig(text: string, path: string): Config {
     userdb,
     ...(auth ? { auth } : {}),
     ...(dict ? { dict } : {}),
+    ...(policy ? { policy } : {}),
   });
 }
 

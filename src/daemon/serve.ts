@@ -15,14 +15,25 @@ import { PasswordVerifier } from '../auth/verifier.ts';
 import { BruteForcePolicy } from '../auth/policy.ts';
 import { startDictServer } from '../dict/server.ts';
 import { MailwardenDict } from '../dict/handler.ts';
+import { createResolver } from '../dns/resolver.ts';
+import { cachedResolver, type CachedDnsResolver } from '../dns/cache.ts';
+import { PolicyEngine } from '../policy/engine.ts';
+import { policyDecider } from '../policy/decider.ts';
+import { startPolicyServer } from '../policy/server.ts';
+import { openPolicyState } from '../state/open.ts';
+import type { PolicyStateStore } from '../state/types.ts';
 
 const SHUTDOWN_GRACE_MS = 5000;
+/** Answers live for their TTL (5 s to 1 h); NXDOMAIN, the usual DNSBL answer, for 5 minutes. */
+const DNS_CACHE = { maxEntries: 200_000, minTtlS: 5, maxTtlS: 3600, negativeTtlS: 300 } as const;
 
 interface Running {
   config: Config;
   directory: OpenedDirectory;
   lookups: LookupService;
   dovecot: DovecotAuth;
+  /** The SMTPD policy decision engine, when `policy:` is configured. */
+  policy?: PolicyEngine;
   listeners: Map<ServiceName, Listener>;
 }
 
@@ -51,6 +62,20 @@ const SERVICES = {
       log: d.log.child({ service: 'dict' }),
     }),
   },
+  policy: {
+    section: (c: Config) => c.policy,
+    start: (d: Daemon, c: Config) => {
+      const log = d.log.child({ service: 'policy' });
+      return startPolicyServer({
+        listen: c.policy!,
+        log,
+        // Reads the current engine on every request, so a reload applies to live connections.
+        decide: policyDecider(() => d.state!.policy!, log),
+        defaultAction: c.policy!.defaultAction,
+        deadlineMs: c.policy!.timeoutMs,
+      });
+    },
+  },
 } as const satisfies Record<string, { section: (c: Config) => unknown; start: (d: Daemon, c: Config) => Promise<Listener> }>;
 type ServiceName = keyof typeof SERVICES;
 
@@ -75,8 +100,40 @@ export class Daemon {
     return this.#policy;
   }
 
+  /** One DNS resolver and cache for every check; replaced only when dns: changes. */
+  #dns: { key: string; resolver: CachedDnsResolver } | undefined;
+  /** Shared policy state (rate counters, greylist) in the directory backend; follows the directory. */
+  #policyState: { directory: OpenedDirectory; store: PolicyStateStore } | undefined;
+
+  #resolver(config: Config): CachedDnsResolver {
+    const key = JSON.stringify(config.dns);
+    if (this.#dns?.key !== key) {
+      const upstream = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
+      this.#dns = { key, resolver: cachedResolver(upstream, DNS_CACHE) };
+    }
+    return this.#dns.resolver;
+  }
+
+  /** Opens the policy state store for this directory when the policy service needs one. */
+  async #preparePolicyState(config: Config, directory: OpenedDirectory): Promise<PolicyStateStore | undefined> {
+    const p = config.policy;
+    if (!p || (!p.rateLimit.messages && !p.rateLimit.recipients && !p.greylist)) return undefined;
+    if (this.#policyState?.directory === directory) return this.#policyState.store;
+    const store = await openPolicyState(config.directory, directory, this.log.child({ component: 'policy-state' }));
+    return store;
+  }
+
+  async #adoptPolicyState(directory: OpenedDirectory, store: PolicyStateStore | undefined): Promise<void> {
+    const old = this.#policyState;
+    if (old?.store === store) return;
+    this.#policyState = store ? { directory, store } : undefined;
+    if (old) await old.store.close();
+  }
+
   async start(config: Config): Promise<void> {
     const directory = await this.#openDirectory(config);
+    const store = await this.#preparePolicyState(config, directory);
+    await this.#adoptPolicyState(directory, store);
     const state = this.#running(config, directory, undefined);
     this.#state = state;
     await this.#startServices(state, undefined);
@@ -111,7 +168,15 @@ export class Daemon {
     // Created once; a successful reload only changes its thresholds (reload() below).
     if (auth && !this.#policy) this.#policy = new BruteForcePolicy(auth.policy);
     const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true }, this.log.child({ service: 'dovecot-auth' }));
-    return { config, directory, lookups, dovecot, listeners: new Map() };
+    const policy = config.policy
+      ? new PolicyEngine({
+          config: config.policy,
+          lookups,
+          resolver: this.#resolver(config),
+          ...(this.#policyState?.directory === directory ? { state: this.#policyState.store } : {}),
+        })
+      : undefined;
+    return { config, directory, lookups, dovecot, ...(policy ? { policy } : {}), listeners: new Map() };
   }
 
   /** Starts what is configured; keeps a listener whose section did not change (and its connections). */
@@ -154,14 +219,23 @@ export class Daemon {
       } else if ('reload' in directory && typeof directory.reload === 'function') {
         (directory.reload as () => boolean)();
       }
-      const state = this.#running(config, directory, old);
+      let state: Running;
+      let store: PolicyStateStore | undefined;
+      const previousStore = this.#policyState;
       try {
+        store = await this.#preparePolicyState(config, directory);
+        // The engine takes the store from #policyState: point it at the new one while building, roll back on failure.
+        this.#policyState = store ? { directory, store } : undefined;
+        state = this.#running(config, directory, old);
         await this.#startServices(state, old);
       } catch (err) {
         this.log.error({ err: (err as Error).message }, 'reload: a service failed to start, keeping the running configuration');
+        if (store && store !== previousStore?.store) await store.close().catch(() => undefined);
+        this.#policyState = previousStore;
         if (directory !== old.directory) await directory.close();
         return false;
       }
+      if (previousStore && previousStore.store !== store) await previousStore.store.close().catch(() => undefined);
       this.#state = state;
       if (config.auth) this.#policy?.configure(config.auth.policy);
       if (directory !== old.directory) await old.directory.close();
@@ -177,6 +251,7 @@ export class Daemon {
     if (!s) return;
     this.#state = undefined;
     await Promise.all([...s.listeners.values()].map((l) => l.close(SHUTDOWN_GRACE_MS)));
+    await this.#adoptPolicyState(s.directory, undefined);
     await s.directory.close();
     this.log.info('mailwarden stopped');
   }
@@ -200,7 +275,7 @@ export async function serve(configFile: string): Promise<void> {
   const log = createLogger(config.log.level);
   const daemon = new Daemon(log);
   await daemon.start(config);
-  if (serviceList(config).length === 0) log.warn('no service configured (add a socketmap, auth or dict section with listen)');
+  if (serviceList(config).length === 0) log.warn('no service configured (add a socketmap, auth, dict or policy section with listen)');
   process.on('SIGHUP', () => void daemon.reload());
   let stopping = false;
   const stop = (signal: string) => {

@@ -94,6 +94,43 @@ export const MIGRATIONS: readonly Migration[] = [
       ) ${TABLE}`,
     ],
   },
+  {
+    version: 3,
+    description: 'policy state shared by all instances: rate counters, greylist triplets and clients',
+    // Times are milliseconds since the epoch from the caller's clock (see src/state/types.ts).
+    // Every table has a primary key and an expires_at index: the sweep is
+    // DELETE ... WHERE expires_at < ? LIMIT n, short and safe on Galera.
+    statements: [
+      // One row per counter, bucket width and bucket: a window total is a primary-key range.
+      `CREATE TABLE IF NOT EXISTS policy_counter (
+        name VARCHAR(400) NOT NULL,
+        width_ms BIGINT NOT NULL,
+        bucket_start BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (name, width_ms, bucket_start),
+        KEY policy_counter_expires (expires_at)
+      ) ${TABLE}`,
+      // Keyed by a hash of the triplet: fixed width, and no addresses at rest.
+      `CREATE TABLE IF NOT EXISTS greylist_triplet (
+        id BINARY(16) NOT NULL PRIMARY KEY,
+        first_seen BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        passed_at BIGINT NULL,
+        expires_at BIGINT NOT NULL,
+        KEY greylist_triplet_expires (expires_at)
+      ) ${TABLE}`,
+      `CREATE TABLE IF NOT EXISTS greylist_client (
+        network VARCHAR(64) NOT NULL PRIMARY KEY,
+        passes INT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        last_pass BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        KEY greylist_client_expires (expires_at)
+      ) ${TABLE}`,
+    ],
+  },
 ];
 
 /** The schema version this code needs. */

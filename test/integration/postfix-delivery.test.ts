@@ -61,6 +61,9 @@ for (const backend of ['yaml', 'mysql'] as const satisfies readonly Backend[]) {
           // untrusted Internet client (not in mynetworks), like port 25 traffic.
           virtual_transport: sink.transport,
           mynetworks: '127.0.0.254/32',
+          // The policy service has its own end-to-end test (policy-postfix.test.ts); here only the maps decide.
+          smtpd_recipient_restrictions: '',
+          smtpd_data_restrictions: '',
         },
       });
       // The documented relative socket path resolves inside the queue directory.
