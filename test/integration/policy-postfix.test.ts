@@ -16,9 +16,8 @@ import { startLmtpSink, type LmtpSink } from '../support/lmtp-sink.ts';
 import { startDaemon, type Daemon } from '../support/daemon.ts';
 import { startDnsServer, type TestDnsServer } from '../support/dns-server.ts';
 import { tempDir, type TempDir } from '../support/tmp.ts';
-import { readMainCf } from './postfix-delivery.test.ts';
+import { MAIN_CF, readMainCf } from '../support/postfix-conf.ts';
 
-const MAIN_CF = new URL('../../postfix-conf/main.cf', import.meta.url).pathname;
 
 const ZONES = {
   // SPF: the whole of 127/8 may send for pass.test; fail.test allows only 192.0.2.1.

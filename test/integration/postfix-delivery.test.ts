@@ -4,7 +4,7 @@
 // over LMTP to a sink. Once per backend: YAML and MariaDB.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
@@ -19,25 +19,7 @@ import { startDaemon, type Daemon } from '../support/daemon.ts';
 import { testMariaDb } from '../support/mariadb.ts';
 import { tempDir, type TempDir } from '../support/tmp.ts';
 
-const MAIN_CF = new URL('../../postfix-conf/main.cf', import.meta.url).pathname;
-
-/** main.cf `name = value` lines (with continuation lines), as Postfix reads them. */
-export function readMainCf(path: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  let last: string | undefined;
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
-    if (/^\s*(#|$)/.test(line)) continue;
-    if (/^\s/.test(line) && last) {
-      out[last] += ` ${line.trim()}`;
-      continue;
-    }
-    const m = /^([A-Za-z0-9_]+)\s*=\s*(.*)$/.exec(line);
-    assert.ok(m, `unparsable main.cf line: ${line}`);
-    last = m[1]!;
-    out[last] = m[2]!.trim();
-  }
-  return out;
-}
+import { MAIN_CF, readMainCf } from '../support/postfix-conf.ts';
 
 type Backend = 'yaml' | 'mysql';
 
