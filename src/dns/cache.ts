@@ -106,7 +106,14 @@ export function cachedResolver(inner: DnsResolver | TtlDnsResolver, opts: DnsCac
 
   function settle(outcome: Outcome, name: string, rrtype: DnsRrType): unknown {
     if (outcome.ok) return copy(outcome.value);
-    throw new DnsError(outcome.code, name, rrtype, { message: outcome.message });
+    // NXDOMAIN is the everyday answer (DNSBLs, SPF void lookups): skip the stack trace, it was most of the cost.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      throw new DnsError(outcome.code, name, rrtype, { message: outcome.message });
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
   }
 
   const resolve = (async (name: string, rrtype: DnsRrType): Promise<unknown> => {
