@@ -172,7 +172,8 @@ function readAuth(r: NodeReader, top: YAMLMap | undefined, base: string): AuthCo
   const keys = ['secret', 'secret_file', 'verify_cache_ttl', 'verify_concurrency', 'rehash', 'policy'];
   const service = readService(r, top, 'auth', keys);
   if (!service) return undefined;
-  const sec = r.section(top, 'auth', 'auth', ['listen', 'mode', 'user', 'group', ...keys]);
+  // readService already checked the section and reported unknown keys (once).
+  const sec = r.node(top, 'auth') as YAMLMap;
   if (service.listen.kind === 'inet' && !isLoopbackHost(service.listen.host)) {
     r.fail(r.node(sec, 'listen'), 'auth.listen must be a unix: socket or a loopback inet: address (it answers password checks)');
   }

@@ -93,7 +93,8 @@ const DEFAULT_ACTION = /^(DUNNO|DEFER_IF_PERMIT|DEFER_IF_REJECT|DEFER|4\d\d)(\s|
 export function readSmtpdPolicy(r: NodeReader, top: YAMLMap | undefined): SmtpdPolicyConfig | undefined {
   const service = readService(r, top, 'policy', POLICY_KEYS);
   if (!service) return undefined;
-  const sec = r.section(top, 'policy', 'policy', ['listen', 'mode', 'user', 'group', ...POLICY_KEYS]);
+  // readService checked that it is a mapping and reported unknown keys; checking again would report them twice.
+  const sec = r.node(top, 'policy') as YAMLMap;
 
   const defaultAction = r.string(sec, 'default_action', 'policy.default_action') ?? POLICY_DEFAULTS.defaultAction;
   if (!DEFAULT_ACTION.test(defaultAction) || /[\r\n\0]/.test(defaultAction)) {
@@ -189,7 +190,9 @@ export function readSmtpdPolicy(r: NodeReader, top: YAMLMap | undefined): SmtpdP
       ipv4Prefix: r.integer(glSec, 'ipv4_prefix', 'policy.greylist.ipv4_prefix', 8, 32) ?? d.ipv4Prefix,
       ipv6Prefix: r.integer(glSec, 'ipv6_prefix', 'policy.greylist.ipv6_prefix', 16, 128) ?? d.ipv6Prefix,
     };
-    if (greylist.maxAgeMs <= greylist.retryWindowMs) r.fail(r.node(glSec, 'max_age'), 'policy.greylist.max_age must be longer than retry_window');
+    if (greylist.maxAgeMs <= greylist.retryWindowMs) {
+      r.fail(r.node(glSec, 'max_age') ?? r.node(glSec, 'retry_window'), 'policy.greylist.max_age must be longer than retry_window');
+    }
   }
 
   return {

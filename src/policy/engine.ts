@@ -28,6 +28,7 @@ import { checkGreylist } from '../checks/greylist.ts';
 import type { PolicyStateStore } from '../state/types.ts';
 import type { DnsListPolicy, SmtpdPolicyConfig } from './config.ts';
 import type { PolicyRequest } from './request.ts';
+import { VerdictCache } from './verdict-cache.ts';
 
 /** What the engine remembers about one message (one `instance`) on one connection. */
 export interface MessageState {
@@ -76,6 +77,9 @@ export interface PolicyEngineDeps {
 }
 
 const DUNNO = 'DUNNO';
+/** Verdicts are reused for a minute: far below DNS TTLs, long enough for a client's burst of messages. */
+const VERDICT_TTL_MS = 60_000;
+const VERDICT_ENTRIES = 50_000;
 
 export class PolicyEngine {
   readonly config: SmtpdPolicyConfig;
@@ -85,8 +89,15 @@ export class PolicyEngine {
   readonly #now: () => number;
   readonly #mynetworks: BlockList;
   readonly #spfSkip: BlockList;
-  /** Names a client must not claim in HELO: our host name and every domain we host. */
+  /** Names a client must not claim in HELO: our host name. */
   readonly #ourNames: string[];
+  /** Per-client and per-sender verdicts of the last minute (src/policy/verdict-cache.ts); gone on reload. */
+  readonly #verdicts = {
+    dnsbl: new VerdictCache<DnsblResult>(VERDICT_TTL_MS, VERDICT_ENTRIES),
+    rhsbl: new VerdictCache<DnsblResult>(VERDICT_TTL_MS, VERDICT_ENTRIES),
+    fcrdns: new VerdictCache<FcrdnsVerdict>(VERDICT_TTL_MS, VERDICT_ENTRIES),
+    spf: new VerdictCache<SpfVerdict>(VERDICT_TTL_MS, VERDICT_ENTRIES),
+  };
 
   constructor(deps: PolicyEngineDeps) {
     this.config = deps.config;
@@ -231,16 +242,23 @@ export class PolicyEngine {
     const c = this.config;
     const ip = req.clientAddress;
     const r = this.#resolver;
+    const now = this.#now();
     const senderDomain = req.sender === '' ? undefined : parseAddress(req.sender)?.domain ?? normalizeDomain(req.sender.slice(req.sender.lastIndexOf('@') + 1));
     const runSpf = c.spf.enabled && !inList(this.#spfSkip, ip);
     const spfInput = { clientIp: ip, helo: req.heloName, sender: req.sender, receiver: c.myhostname };
+    const caches = this.#verdicts;
+    const cleanList = (x: DnsblResult) => x.errors.length === 0;
+    const spfKept = (v: SpfVerdict) => v.result !== 'temperror';
     const [dnsbl, rhsbl, fcrdns, heloSpf, spf] = await Promise.all([
-      c.dnsbl ? checkDnsbl(ip, c.dnsbl.sites, r) : undefined,
-      c.rhsbl && senderDomain ? checkRhsbl(senderDomain, c.rhsbl.sites, r) : undefined,
-      c.fcrdns !== 'ignore' ? checkFcrdns({ clientIp: ip, clientName: req.clientName, reverseClientName: req.reverseClientName }, r) : undefined,
+      c.dnsbl ? caches.dnsbl.through(ip, now, () => checkDnsbl(ip, c.dnsbl!.sites, r), cleanList) : undefined,
+      c.rhsbl && senderDomain ? caches.rhsbl.through(senderDomain, now, () => checkRhsbl(senderDomain, c.rhsbl!.sites, r), cleanList) : undefined,
+      c.fcrdns !== 'ignore'
+        ? caches.fcrdns.through(`${ip} ${req.clientName}`, now, () => checkFcrdns({ clientIp: ip, clientName: req.clientName, reverseClientName: req.reverseClientName }, r), (v) => v.result !== 'temperror')
+        : undefined,
       // With a null sender the MAIL FROM check already is the HELO check.
-      runSpf && c.spf.helo && req.sender !== '' ? evaluateHeloSpf(spfInput, r) : undefined,
-      runSpf ? evaluateSpf(spfInput, r) : undefined,
+      runSpf && c.spf.helo && req.sender !== '' ? caches.spf.through(`helo ${ip} ${req.heloName.toLowerCase()}`, now, () => evaluateHeloSpf(spfInput, r), spfKept) : undefined,
+      // The whole sender is in the key: SPF macros (%{l}) and the header's envelope-from depend on it.
+      runSpf ? caches.spf.through(`mfrom ${ip} ${req.heloName.toLowerCase()} ${req.sender.toLowerCase()}`, now, () => evaluateSpf(spfInput, r), spfKept) : undefined,
     ]);
     const helo = c.helo !== 'ignore' ? checkHelo({ helo: req.heloName, clientIp: ip, ourNames: this.#ourNames }) : undefined;
     return {
@@ -289,7 +307,8 @@ export class PolicyEngine {
       if (d) return d;
     }
 
-    if (x.helo && x.helo.result !== 'pass' && c.helo === 'reject') {
+    // A literal that is not the client address is only noted: RFC 5321 §4.1.4 forbids refusing mail for it.
+    if (x.helo && x.helo.result !== 'pass' && x.helo.result !== 'literal_mismatch' && c.helo === 'reject') {
       const h = clean(req.heloName);
       switch (x.helo.result) {
         case 'missing': return reject('helo', checks, '503 5.5.1 Error: send HELO/EHLO first');
