@@ -89,7 +89,7 @@ export class PolicyEngine {
   readonly #now: () => number;
   readonly #mynetworks: BlockList;
   readonly #spfSkip: BlockList;
-  /** Names a client must not claim in HELO: our host name. */
+  /** Names a client must not claim in HELO: our host name (and, looked up per request, every domain we host). */
   readonly #ourNames: string[];
   /** Per-client and per-sender verdicts of the last minute (src/policy/verdict-cache.ts); gone on reload. */
   readonly #verdicts = {
@@ -250,8 +250,8 @@ export class PolicyEngine {
     const cleanList = (x: DnsblResult) => x.errors.length === 0;
     const spfKept = (v: SpfVerdict) => v.result !== 'temperror';
     const [dnsbl, rhsbl, fcrdns, heloSpf, spf] = await Promise.all([
-      c.dnsbl ? caches.dnsbl.through(ip, now, () => checkDnsbl(ip, c.dnsbl!.sites, r), cleanList) : undefined,
-      c.rhsbl && senderDomain ? caches.rhsbl.through(senderDomain, now, () => checkRhsbl(senderDomain, c.rhsbl!.sites, r), cleanList) : undefined,
+      c.dnsbl ? caches.dnsbl.through(ip, now, () => checkDnsbl(ip, c.dnsbl!.sites, r, { reasons: c.dnsbl!.action !== 'warn' }), cleanList) : undefined,
+      c.rhsbl && senderDomain ? caches.rhsbl.through(senderDomain, now, () => checkRhsbl(senderDomain, c.rhsbl!.sites, r, { reasons: c.rhsbl!.action !== 'warn' }), cleanList) : undefined,
       c.fcrdns !== 'ignore'
         ? caches.fcrdns.through(`${ip} ${req.clientName}`, now, () => checkFcrdns({ clientIp: ip, clientName: req.clientName, reverseClientName: req.reverseClientName }, r), (v) => v.result !== 'temperror')
         : undefined,
@@ -260,7 +260,11 @@ export class PolicyEngine {
       // The whole sender is in the key: SPF macros (%{l}) and the header's envelope-from depend on it.
       runSpf ? caches.spf.through(`mfrom ${ip} ${req.heloName.toLowerCase()} ${req.sender.toLowerCase()}`, now, () => evaluateSpf(spfInput, r), spfKept) : undefined,
     ]);
-    const helo = c.helo !== 'ignore' ? checkHelo({ helo: req.heloName, clientIp: ip, ourNames: this.#ourNames }) : undefined;
+    let helo = c.helo !== 'ignore' ? checkHelo({ helo: req.heloName, clientIp: ip, ourNames: this.#ourNames }) : undefined;
+    if (helo?.result === 'pass' && (await this.#isHostedDomain(req.heloName))) {
+      // A stranger greeting with one of our own domains (HELO example.org) is claiming to be us.
+      helo = { result: 'forged', detail: `${req.heloName} is a domain hosted here` };
+    }
     return {
       ...(dnsbl ? { dnsbl } : {}),
       ...(rhsbl ? { rhsbl } : {}),
@@ -269,6 +273,16 @@ export class PolicyEngine {
       ...(heloSpf ? { heloSpf } : {}),
       ...(spf ? { spf } : {}),
     };
+  }
+
+  async #isHostedDomain(name: string): Promise<boolean> {
+    const domain = normalizeDomain(name);
+    if (!domain) return false;
+    const [mailbox, alias] = await Promise.all([
+      this.#lookups.lookup('virtual_mailbox_domains', domain),
+      this.#lookups.lookup('virtual_alias_domains', domain),
+    ]);
+    return mailbox.found || alias.found;
   }
 
   /** The first check that says no, in order of certainty; undefined = no objection. */

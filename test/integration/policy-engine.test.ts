@@ -523,6 +523,8 @@ describe('client checks', () => {
       ['bad_name!.example', '501 5.5.2 Helo command rejected: <bad_name!.example> is not a valid host name'],
       ['192.0.2.10', '501 5.5.2 Helo command rejected: <192.0.2.10> is not a valid host name'],
       ['mx.mailwarden.test', '550 5.7.1 Helo command rejected: <mx.mailwarden.test>: you are not me'],
+      ['Example.ORG', '550 5.7.1 Helo command rejected: <Example.ORG>: you are not me'],
+      ['example.net', '550 5.7.1 Helo command rejected: <example.net>: you are not me'],
     ];
     for (const [helo, action] of cases) {
       const d = await decide(e, { heloName: helo });
