@@ -32,6 +32,7 @@ POLICY=/usr/sbin/policy-rc.d
 POLICY_MARK="# mailwarden ensure-deps: temporary"
 
 me="ensure-deps"
+bash "$(dirname "$0")/ensure-dovecot24.sh" # Dovecot 2.4 chroot for dovecot24-e2e (here, not at the end: the checks below exit early)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
