@@ -6,7 +6,7 @@ import { loadConfig, type Config } from '../config/load.ts';
 import { openDirectory, type OpenedDirectory } from '../directory/open.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { LookupService } from '../lookup/service.ts';
-import { answerSocketmap } from '../socketmap/answer.ts';
+import { answerSocketmap, cachedSocketmapFrame } from '../socketmap/answer.ts';
 import { startSocketmapServer } from '../socketmap/server.ts';
 import type { Listener } from '../net/listener.ts';
 import { DovecotAuth } from '../auth/dovecot-auth.ts';
@@ -22,6 +22,8 @@ import { policyDecider } from '../policy/decider.ts';
 import { startPolicyServer } from '../policy/server.ts';
 import { openPolicyState } from '../state/open.ts';
 import type { PolicyStateStore } from '../state/types.ts';
+import { startMilterServer } from '../milter/server.ts';
+import { milterRuntime } from '../milter/runtime.ts';
 
 const SHUTDOWN_GRACE_MS = 5000;
 /** Answers live for their TTL (5 s to 1 h); NXDOMAIN, the usual DNSBL answer, for 5 minutes. */
@@ -46,6 +48,7 @@ const SERVICES = {
       log: d.log.child({ service: 'socketmap' }),
       // Reads the current state on every request, so a reload swaps the directory under live connections.
       lookup: (map, key) => answerSocketmap(d.state!.lookups, map, key),
+      cachedFrame: (map, key) => cachedSocketmapFrame(d.state!.lookups, map, key),
     }),
   },
   auth: {
@@ -76,6 +79,18 @@ const SERVICES = {
       });
     },
   },
+  milter: {
+    section: (c: Config) => c.milter,
+    start: (d: Daemon, c: Config) => startMilterServer({
+      listen: c.milter!,
+      log: d.log.child({ service: 'milter' }),
+      // Read at each MAIL, so a reload applies to the next message; same DNS cache as the policy service.
+      runtime: () => {
+        const current = d.state?.config.milter ? d.state.config : c;
+        return milterRuntime(current, d.dnsResolver(current));
+      },
+    }),
+  },
 } as const satisfies Record<string, { section: (c: Config) => unknown; start: (d: Daemon, c: Config) => Promise<Listener> }>;
 type ServiceName = keyof typeof SERVICES;
 
@@ -104,6 +119,11 @@ export class Daemon {
   #dns: { key: string; resolver: CachedDnsResolver } | undefined;
   /** Shared policy state (rate counters, greylist) in the directory backend; follows the directory. */
   #policyState: { directory: OpenedDirectory; store: PolicyStateStore } | undefined;
+
+  /** The shared DNS resolver and cache (the policy service and the milter use the same one). */
+  dnsResolver(config: Config): CachedDnsResolver {
+    return this.#resolver(config);
+  }
 
   #resolver(config: Config): CachedDnsResolver {
     const key = JSON.stringify(config.dns);

@@ -50,6 +50,13 @@ export class LookupService {
     return result;
   }
 
+  /** A cached answer, synchronously, or undefined (not cached, or no cache): the socketmap's fast path. */
+  peek(map: MapName, key: string): LookupResult | undefined {
+    const hit = this.cache?.get(map, key, Date.now());
+    if (hit) this.#logDecision(map, key, hit, true);
+    return hit;
+  }
+
   #logDecision(map: MapName, key: string, result: LookupResult, cached: boolean): void {
     // isLevelEnabled first: building the object costs more than the lookup on a cache hit.
     if (this.#log.isLevelEnabled('debug')) {

@@ -4,7 +4,9 @@
 import { DirectoryError } from '../directory/types.ts';
 import { isMapName, MAP_NAMES } from '../lookup/maps.ts';
 import type { LookupService } from '../lookup/service.ts';
-import type { SocketmapReply } from './protocol.ts';
+import type { LookupResult } from '../lookup/maps.ts';
+import { encodeNetstring } from './netstring.ts';
+import { encodeReply, type SocketmapReply } from './protocol.ts';
 
 export async function answerSocketmap(service: LookupService, map: string, key: string): Promise<SocketmapReply> {
   if (!isMapName(map)) return { status: 'PERM', reason: `unknown map ${map} (known: ${MAP_NAMES.join(' ')})` };
@@ -15,4 +17,23 @@ export async function answerSocketmap(service: LookupService, map: string, key: 
     if (err instanceof DirectoryError && err.temporary) return { status: 'TEMP', reason: err.message };
     throw err;
   }
+}
+
+/** Encoded replies of cached answers: a cache hit costs one Map lookup and one write, no allocation. */
+const frames = new WeakMap<LookupResult, Buffer>();
+
+/**
+ * The whole reply frame for a cached answer, synchronously; undefined when the
+ * answer is not cached (the caller then takes the async path, answerSocketmap).
+ */
+export function cachedSocketmapFrame(service: LookupService, map: string, key: string): Buffer | undefined {
+  if (!isMapName(map)) return undefined;
+  const hit = service.peek(map, key);
+  if (!hit) return undefined;
+  let frame = frames.get(hit);
+  if (!frame) {
+    frame = encodeNetstring(encodeReply(hit.found && hit.value ? { status: 'OK', data: hit.value } : { status: 'NOTFOUND' }));
+    frames.set(hit, frame);
+  }
+  return frame;
 }

@@ -13,6 +13,8 @@ export interface SocketmapServerOptions {
   readonly listen: ServiceListen;
   /** Decides the answer; may throw or reject, which becomes `TEMP`. */
   readonly lookup: SocketmapLookup;
+  /** Optional fast path: the encoded reply frame of an answer known without waiting (a cache hit), else undefined. */
+  readonly cachedFrame?: (map: string, key: string) => Buffer | undefined;
   readonly log: Logger;
   /** Largest accepted request payload. Postfix keys are short; default 10000. */
   readonly maxRequestBytes?: number;
@@ -31,6 +33,7 @@ export const SOCKETMAP_DEFAULTS = {
 
 interface Settings {
   readonly lookup: SocketmapLookup;
+  readonly cachedFrame: ((map: string, key: string) => Buffer | undefined) | undefined;
   readonly log: Logger;
   readonly maxRequestBytes: number;
   readonly idleTimeoutMs: number;
@@ -39,6 +42,7 @@ interface Settings {
 export function startSocketmapServer(opts: SocketmapServerOptions): Promise<Listener> {
   const settings: Settings = {
     lookup: opts.lookup,
+    cachedFrame: opts.cachedFrame,
     log: opts.log,
     maxRequestBytes: opts.maxRequestBytes ?? SOCKETMAP_DEFAULTS.maxRequestBytes,
     idleTimeoutMs: opts.idleTimeoutMs ?? SOCKETMAP_DEFAULTS.idleTimeoutMs,
@@ -112,10 +116,17 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
           queue = [];
           head = 0;
         }
-        const [bytes, close] = await answer(payload);
-        if (!socket.writable) return;
-        if (!socket.write(encodeNetstring(bytes))) await drained(socket);
-        if (close) return finish();
+        const req = parseRequest(payload);
+        // Cache hits are answered synchronously with a ready-made frame: no promise, no encoding.
+        const frame = req instanceof ProtocolError || !s.cachedFrame ? undefined : s.cachedFrame(req.map, req.key);
+        if (frame) {
+          if (!socket.write(frame)) await drained(socket);
+        } else {
+          const [bytes, close] = await answer(req);
+          if (!socket.writable) return;
+          if (!socket.write(encodeNetstring(bytes))) await drained(socket);
+          if (close) return finish();
+        }
         if (!stopping && socket.isPaused() && queue.length - head <= SOCKETMAP_DEFAULTS.maxQueued / 2) socket.resume();
       }
       if (fatal && socket.writable) {
@@ -132,8 +143,7 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
   }
 
   /** The reply bytes for one request, and whether to hang up after sending them. */
-  async function answer(payload: Buffer): Promise<[Buffer, boolean]> {
-    const req = parseRequest(payload);
+  async function answer(req: ReturnType<typeof parseRequest>): Promise<[Buffer, boolean]> {
     if (req instanceof ProtocolError) {
       log.warn({ code: req.code, reason: req.message }, 'invalid socketmap request; closing connection');
       return [encodeReply(reply.perm(req.message)), true];
