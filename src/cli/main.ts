@@ -8,6 +8,7 @@ import { registerLookup } from './commands/lookup.ts';
 import { registerDb } from './commands/db.ts';
 import { registerAuth } from './commands/auth.ts';
 import { registerPolicy } from './commands/policy.ts';
+import { registerDkim } from './commands/dkim.ts';
 import { serve } from '../daemon/serve.ts';
 
 export async function main(argv: string[]): Promise<number> {
@@ -50,6 +51,7 @@ export async function main(argv: string[]): Promise<number> {
   registerDb(program, ctx);
   registerAuth(program, ctx);
   registerPolicy(program, ctx);
+  registerDkim(program, ctx);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -7,6 +7,8 @@ import { ConfigError, NodeReader, yamlMessage } from './reader.ts';
 import { isLoopbackHost, parseListen, type ListenAddress } from './listen.ts';
 import { DEFAULT_POLICY, parseCidr, type PolicySettings } from '../auth/policy.ts';
 import { readSmtpdPolicy, type SmtpdPolicyConfig } from '../policy/config.ts';
+import { readMilterConfig, type MilterConfig } from '../milter/config.ts';
+import { readDkimConfig, type DkimConfig } from '../dkim/config.ts';
 
 export const DEFAULT_CONFIG_FILE = '/etc/mailwarden/mailwarden.yaml';
 
@@ -75,9 +77,13 @@ export interface Config {
   readonly dict?: ServiceListen;
   /** Postfix SMTPD access policy service (check_policy_service). */
   readonly policy?: SmtpdPolicyConfig;
+  /** Milter for smtpd_milters/non_smtpd_milters: DKIM/SPF/DMARC/ARC verification, DKIM signing. */
+  readonly milter?: MilterConfig;
+  /** DKIM signing keys (key_dir). */
+  readonly dkim: DkimConfig;
 }
 
-const TOP_KEYS = ['directory', 'recipient_delimiter', 'log', 'dns', 'passwords', 'userdb', 'socketmap', 'auth', 'dict', 'policy'];
+const TOP_KEYS = ['directory', 'recipient_delimiter', 'log', 'dns', 'passwords', 'userdb', 'socketmap', 'auth', 'dict', 'policy', 'milter', 'dkim'];
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Current defaults for new password hashes: OWASP's argon2id baseline (19 MiB, t=2, p=1), ~25 ms per verify. */
@@ -142,6 +148,8 @@ export function parseConfig(text: string, path: string): Config {
   const dict = readService(r, top, 'dict', []);
   const auth = readAuth(r, top, base);
   const policy = readSmtpdPolicy(r, top);
+  const milter = readMilterConfig(r, top);
+  const dkim = readDkimConfig(r, top);
 
   const udb = r.section(top, 'userdb', 'userdb', ['home', 'uid', 'gid', 'mail']);
   const userdb: UserdbConfig = {
@@ -165,6 +173,8 @@ export function parseConfig(text: string, path: string): Config {
     ...(auth ? { auth } : {}),
     ...(dict ? { dict } : {}),
     ...(policy ? { policy } : {}),
+    ...(milter ? { milter } : {}),
+    dkim,
   });
 }
 

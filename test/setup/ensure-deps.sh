@@ -21,7 +21,7 @@
 set -euo pipefail
 
 PACKAGES=(postfix postfix-mysql postfix-lmdb mariadb-server mariadb-client swaks
-  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua lua-cjson)
+  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua lua-cjson opendkim-tools)
 # A command each package must provide (checked too, in case dpkg lies or is absent).
 COMMANDS=(/usr/sbin/postfix /usr/sbin/postmap /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/mariadb /usr/bin/swaks
   /usr/sbin/dovecot /usr/bin/doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/pop3 /usr/lib/dovecot/lmtp)

@@ -1,0 +1,160 @@
+// The `milter:` section of mailwarden.yaml: the Sendmail-protocol milter that
+// Postfix calls through smtpd_milters / non_smtpd_milters (postfix.md §3).
+//
+//   milter:
+//     listen: unix:/var/spool/postfix/mailwarden/milter.sock   # or inet:127.0.0.1:8891
+//     authserv_id: mx.example.org      # default: policy.myhostname, else the host name
+//     timeout: 120s                    # longest end-of-message work (Postfix waits 300 s)
+//     max_message_size: 64M            # larger messages pass unverified/unsigned, logged
+//     on_error: accept                 # or tempfail: what an internal failure answers
+//     dmarc:
+//       reject: reject                 # p=reject failures: reject | quarantine | accept
+//       quarantine: hold               # what quarantine means: hold | header | accept
+//       trusted_arc_sealers: [google.com]   # ARC pass sealed by these overrides a DMARC fail
+//       exempt_domains: [lists.example.net] # From domains whose DMARC policy is never enforced
+//       exempt_networks: [192.0.2.0/24]     # SMTP clients whose mail is never DMARC-rejected
+//     signing:
+//       daemon_names: [ORIGINATING]    # {daemon_name} values (milter_macro_daemon_name) that sign
+//       sign_authenticated: true       # SASL-authenticated clients ({auth_authen}) sign
+//       local_submissions: true        # sendmail(1)/pickup through non_smtpd_milters sign
+import { hostname } from 'node:os';
+import { isMap, isScalar, isSeq, type Node, type YAMLMap } from 'yaml';
+import { parseCidr } from '../auth/policy.ts';
+import { normalizeDomain } from '../core/address.ts';
+import { parseSize, type NodeReader } from '../config/reader.ts';
+import { readService, type ServiceListen } from '../config/load.ts';
+
+/** What a DMARC p=reject failure does here. */
+export type DmarcRejectAction = 'reject' | 'quarantine' | 'accept';
+/** What quarantine means: the Postfix hold queue, a header for Sieve to file into Junk, or nothing. */
+export type DmarcQuarantineAction = 'hold' | 'header' | 'accept';
+
+export interface MilterDmarcConfig {
+  readonly reject: DmarcRejectAction;
+  readonly quarantine: DmarcQuarantineAction;
+  /** Lower-case domains; an ARC pass whose newest seal (d=) is one of these overrides a DMARC fail. */
+  readonly trustedArcSealers: readonly string[];
+  /** Lower-case author domains (and their subdomains) whose policy is reported but never enforced. */
+  readonly exemptDomains: readonly string[];
+  /** CIDRs of SMTP clients (forwarders, list servers) whose mail is never rejected or held for DMARC. */
+  readonly exemptNetworks: readonly string[];
+}
+
+export interface MilterSigningConfig {
+  /** `{daemon_name}` values that mean "our users' mail" (master.cf `-o milter_macro_daemon_name=ORIGINATING`). */
+  readonly daemonNames: readonly string[];
+  readonly signAuthenticated: boolean;
+  /** Mail that Postfix's cleanup hands over from sendmail(1)/pickup (emulated localhost connection). */
+  readonly localSubmissions: boolean;
+}
+
+export interface MilterConfig extends ServiceListen {
+  /** RFC 8601 authserv-id in Authentication-Results; forged headers carrying it are removed. */
+  readonly authservId: string;
+  /** Deadline for the end-of-message work (verification or signing). */
+  readonly timeoutMs: number;
+  /** Messages larger than this are passed on untouched (0 = no limit). */
+  readonly maxMessageSize: number;
+  /** Answer on an internal failure or a missed deadline: accept (logged) or tempfail (451 4.7.1). */
+  readonly onError: 'accept' | 'tempfail';
+  readonly dmarc: MilterDmarcConfig;
+  readonly signing: MilterSigningConfig;
+}
+
+export const MILTER_DEFAULTS = {
+  timeoutMs: 120_000,
+  maxMessageSize: 64 * 1024 * 1024,
+  onError: 'accept',
+  daemonNames: ['ORIGINATING'],
+} as const;
+
+const MILTER_KEYS = ['authserv_id', 'timeout', 'max_message_size', 'on_error', 'dmarc', 'signing'];
+const DMARC_KEYS = ['reject', 'quarantine', 'trusted_arc_sealers', 'exempt_domains', 'exempt_networks'];
+const SIGNING_KEYS = ['daemon_names', 'sign_authenticated', 'local_submissions'];
+/** RFC 8601 authserv-id: a value (token); we take a host name, the usual choice. */
+const AUTHSERV_ID = /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/;
+
+export function readMilterConfig(r: NodeReader, top: YAMLMap | undefined): MilterConfig | undefined {
+  const service = readService(r, top, 'milter', MILTER_KEYS);
+  if (!service) return undefined;
+  // readService checked the mapping and its keys.
+  const sec = r.node(top, 'milter') as YAMLMap;
+
+  const authservId = r.string(sec, 'authserv_id', 'milter.authserv_id') ?? policyHostname(top) ?? hostname();
+  if (!AUTHSERV_ID.test(authservId) && r.node(sec, 'authserv_id')) {
+    r.fail(r.node(sec, 'authserv_id'), 'milter.authserv_id must be a host name like mx.example.org');
+  }
+
+  const timeoutMs = r.duration(sec, 'timeout', 'milter.timeout') ?? MILTER_DEFAULTS.timeoutMs;
+  // Postfix's milter_content_timeout is 300 s per read; PROGRESS keeps it alive, but not forever.
+  if (timeoutMs < 1000 || timeoutMs > 600_000) r.fail(r.node(sec, 'timeout'), 'milter.timeout must be between 1s and 10m');
+
+  let maxMessageSize: number = MILTER_DEFAULTS.maxMessageSize;
+  const sizeNode = r.node(sec, 'max_message_size');
+  if (sizeNode !== undefined) {
+    const size = isScalar(sizeNode) ? parseSize(String(sizeNode.value)) : undefined;
+    if (size === undefined) r.fail(sizeNode, 'milter.max_message_size must be a size like 64M, 1G or 0 (no limit)');
+    else maxMessageSize = size;
+  }
+
+  const onError = choice(r, sec, 'on_error', 'milter.on_error', ['accept', 'tempfail'] as const, MILTER_DEFAULTS.onError);
+
+  const d = r.section(sec, 'dmarc', 'milter.dmarc', DMARC_KEYS);
+  const dmarc: MilterDmarcConfig = {
+    reject: choice(r, d, 'reject', 'milter.dmarc.reject', ['reject', 'quarantine', 'accept'] as const, 'reject'),
+    quarantine: choice(r, d, 'quarantine', 'milter.dmarc.quarantine', ['hold', 'header', 'accept'] as const, 'header'),
+    trustedArcSealers: domainList(r, d, 'trusted_arc_sealers', 'milter.dmarc.trusted_arc_sealers'),
+    exemptDomains: domainList(r, d, 'exempt_domains', 'milter.dmarc.exempt_domains'),
+    exemptNetworks: cidrList(r, d, 'exempt_networks', 'milter.dmarc.exempt_networks'),
+  };
+
+  const s = r.section(sec, 'signing', 'milter.signing', SIGNING_KEYS);
+  const daemonNames = r.stringList(s, 'daemon_names', 'milter.signing.daemon_names') ?? [...MILTER_DEFAULTS.daemonNames];
+  const signing: MilterSigningConfig = {
+    daemonNames: daemonNames.map((n) => n.trim()).filter((n) => n !== ''),
+    signAuthenticated: r.boolean(s, 'sign_authenticated', 'milter.signing.sign_authenticated') ?? true,
+    localSubmissions: r.boolean(s, 'local_submissions', 'milter.signing.local_submissions') ?? true,
+  };
+
+  return { ...service, authservId, timeoutMs, maxMessageSize, onError, dmarc, signing };
+}
+
+/** policy.myhostname without reporting anything: the policy section reports its own errors. */
+function policyHostname(top: YAMLMap | undefined): string | undefined {
+  const policy = top?.get('policy', true);
+  if (!isMap(policy)) return undefined;
+  const node = policy.get('myhostname', true);
+  return isScalar(node) && typeof node.value === 'string' && AUTHSERV_ID.test(node.value) ? node.value : undefined;
+}
+
+function choice<T extends string>(r: NodeReader, map: YAMLMap | undefined, key: string, path: string, allowed: readonly T[], fallback: T): T {
+  const v = r.string(map, key, path);
+  if (v === undefined) return fallback;
+  if (!(allowed as readonly string[]).includes(v)) {
+    r.fail(r.node(map, key), `${path} must be one of ${allowed.join(', ')}`);
+    return fallback;
+  }
+  return v as T;
+}
+
+function domainList(r: NodeReader, map: YAMLMap | undefined, key: string, path: string): string[] {
+  const node = r.node(map, key);
+  const out: string[] = [];
+  for (const [i, text] of (r.stringList(map, key, path) ?? []).entries()) {
+    const domain = normalizeDomain(text);
+    if (domain) out.push(domain);
+    else r.fail(isSeq(node) ? (node.items[i] as Node) : node, `${path}: not a domain name: ${JSON.stringify(text)}`);
+  }
+  return out;
+}
+
+function cidrList(r: NodeReader, map: YAMLMap | undefined, key: string, path: string): string[] {
+  const node = r.node(map, key);
+  const out: string[] = [];
+  for (const [i, text] of (r.stringList(map, key, path) ?? []).entries()) {
+    const c = parseCidr(text.trim().replace(/^\[([^\]]+)\]/, '$1'));
+    if (typeof c === 'string') r.fail(isSeq(node) ? (node.items[i] as Node) : node, `${path}: ${c}`);
+    else out.push(`${c.address}/${c.prefix}`);
+  }
+  return out;
+}

@@ -1,0 +1,88 @@
+import assert from 'node:assert/strict';
+import { hostname } from 'node:os';
+import { describe, it } from 'node:test';
+import { ConfigError } from '../../../src/config/reader.ts';
+import { parseConfig } from '../../../src/config/load.ts';
+import { MILTER_DEFAULTS } from '../../../src/milter/config.ts';
+
+const BASE = 'directory:\n  backend: yaml\n  path: /tmp/x.yaml\n';
+const parse = (text: string) => parseConfig(BASE + text, '/etc/mailwarden/mailwarden.yaml');
+const errors = (text: string): string[] => {
+  try {
+    parse(text);
+  } catch (err) {
+    if (err instanceof ConfigError) return [...err.issues];
+    throw err;
+  }
+  return [];
+};
+
+describe('milter config', () => {
+  it('is off without a milter section', () => {
+    assert.equal(parse('').milter, undefined);
+  });
+
+  it('defaults: authserv-id from policy.myhostname, 64M, accept on error, quarantine as a header, ORIGINATING signs', () => {
+    const m = parse('policy:\n  listen: inet:127.0.0.1:10040\n  myhostname: mx.example.org\nmilter:\n  listen: unix:/var/spool/postfix/mailwarden/milter.sock\n').milter!;
+    assert.deepEqual(m.listen, { kind: 'unix', path: '/var/spool/postfix/mailwarden/milter.sock' });
+    assert.equal(m.authservId, 'mx.example.org');
+    assert.equal(m.maxMessageSize, 64 * 1024 * 1024);
+    assert.equal(m.timeoutMs, MILTER_DEFAULTS.timeoutMs);
+    assert.equal(m.onError, 'accept');
+    assert.deepEqual(m.dmarc, { reject: 'reject', quarantine: 'header', trustedArcSealers: [], exemptDomains: [], exemptNetworks: [] });
+    assert.deepEqual(m.signing, { daemonNames: ['ORIGINATING'], signAuthenticated: true, localSubmissions: true });
+    assert.equal(parse('milter:\n  listen: inet:127.0.0.1:8891\n').milter!.authservId, hostname());
+  });
+
+  it('reads every setting', () => {
+    const m = parse([
+      'milter:',
+      '  listen: inet:127.0.0.1:8891',
+      '  authserv_id: mx2.example.org',
+      '  timeout: 45s',
+      '  max_message_size: 10M',
+      '  on_error: tempfail',
+      '  dmarc:',
+      '    reject: quarantine',
+      '    quarantine: hold',
+      '    trusted_arc_sealers: [Google.com, fastmail.com]',
+      '    exempt_domains: [lists.example.net]',
+      '    exempt_networks: ["192.0.2.0/24", "[2001:db8::]/32"]',
+      '  signing:',
+      '    daemon_names: [ORIGINATING, submission]',
+      '    sign_authenticated: false',
+      '    local_submissions: false',
+    ].join('\n')).milter!;
+    assert.equal(m.authservId, 'mx2.example.org');
+    assert.equal(m.timeoutMs, 45_000);
+    assert.equal(m.maxMessageSize, 10 * 1024 * 1024);
+    assert.equal(m.onError, 'tempfail');
+    assert.deepEqual(m.dmarc, {
+      reject: 'quarantine', quarantine: 'hold', trustedArcSealers: ['google.com', 'fastmail.com'],
+      exemptDomains: ['lists.example.net'], exemptNetworks: ['192.0.2.0/24', '2001:db8::/32'],
+    });
+    assert.deepEqual(m.signing, { daemonNames: ['ORIGINATING', 'submission'], signAuthenticated: false, localSubmissions: false });
+  });
+
+  it('reports mistakes with their position', () => {
+    const issues = errors([
+      'milter:',
+      '  listen: inet:127.0.0.1:8891',
+      '  on_error: reject',
+      '  max_message_size: lots',
+      '  timeout: 1h',
+      '  dmarc:',
+      '    quarantine: junk',
+      '    exempt_networks: [not-a-net]',
+      '    trusted_arc_sealer: [x]',
+    ].join('\n'));
+    assert.equal(issues.length, 6, issues.join('\n'));
+    assert.match(issues.join('\n'), /:6:13: milter\.on_error must be one of accept, tempfail/);
+    assert.match(issues.join('\n'), /milter\.max_message_size must be a size/);
+    assert.match(issues.join('\n'), /milter\.timeout must be between 1s and 10m/);
+    assert.match(issues.join('\n'), /milter\.dmarc\.quarantine must be one of hold, header, accept/);
+    assert.match(issues.join('\n'), /milter\.dmarc\.exempt_networks: not an IP address/);
+    assert.match(issues.join('\n'), /unknown setting milter\.dmarc\.trusted_arc_sealer/);
+    assert.match(errors('milter:\n  mode: "0660"\n').join('\n'), /milter\.listen is required/);
+  });
+});
