@@ -205,8 +205,11 @@ describe('RFC 7208 suite through the policy service', () => {
     assert.deepEqual([...run.mismatches.keys()].sort(), EXPECTED_MISMATCHES);
   });
 
-  it('each decision was logged with its SPF facts', () => {
+  it('each decision was logged with its SPF facts', async () => {
     // The last daemon's log: its scenario's cases all have a decision line with the same result as the header.
+    // Log lines arrive through the child's stdout pipe after the replies: wait for them under load.
+    await daemon!.waitForLog((l) => l['msg'] === 'policy decision', 10_000);
+    await new Promise((r) => setTimeout(r, 500));
     const lines = daemon!.lines.filter((l) => l['msg'] === 'policy decision');
     assert.ok(lines.length > 0);
     for (const l of lines) {
