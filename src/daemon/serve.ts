@@ -24,6 +24,7 @@ import { openPolicyState } from '../state/open.ts';
 import type { PolicyStateStore } from '../state/types.ts';
 import { startMilterServer } from '../milter/server.ts';
 import { milterRuntime } from '../milter/runtime.ts';
+import { SpfMemory } from '../checks/spf-memory.ts';
 
 const SHUTDOWN_GRACE_MS = 5000;
 /** Answers live for their TTL (5 s to 1 h); NXDOMAIN, the usual DNSBL answer, for 5 minutes. */
@@ -36,6 +37,8 @@ interface Running {
   dovecot: DovecotAuth;
   /** The SMTPD policy decision engine, when `policy:` is configured. */
   policy?: PolicyEngine;
+  /** SPF verdicts of the last minute, shared by the policy engine and the milter; new with each configuration. */
+  spfMemory: SpfMemory;
   listeners: Map<ServiceName, Listener>;
 }
 
@@ -87,7 +90,7 @@ const SERVICES = {
       // Read at each MAIL, so a reload applies to the next message; same DNS cache as the policy service.
       runtime: () => {
         const current = d.state?.config.milter ? d.state.config : c;
-        return milterRuntime(current, d.dnsResolver(current));
+        return milterRuntime(current, d.dnsResolver(current), d.state?.spfMemory);
       },
     }),
   },
@@ -188,15 +191,17 @@ export class Daemon {
     // Created once; a successful reload only changes its thresholds (reload() below).
     if (auth && !this.#policy) this.#policy = new BruteForcePolicy(auth.policy);
     const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true }, this.log.child({ service: 'dovecot-auth' }));
+    const spfMemory = new SpfMemory();
     const policy = config.policy
       ? new PolicyEngine({
+          spfMemory,
           config: config.policy,
           lookups,
           resolver: this.#resolver(config),
           ...(this.#policyState?.directory === directory ? { state: this.#policyState.store } : {}),
         })
       : undefined;
-    return { config, directory, lookups, dovecot, ...(policy ? { policy } : {}), listeners: new Map() };
+    return { config, directory, lookups, dovecot, ...(policy ? { policy } : {}), spfMemory, listeners: new Map() };
   }
 
   /** Starts what is configured; keeps a listener whose section did not change (and its connections). */

@@ -187,13 +187,27 @@ interface Entry {
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 
+/** How often signingKeys() looks at the directories again (ms): `dkim generate/retire` shows within this. */
+export const SIGNING_KEYS_RECHECK_MS = 1000;
+
+interface SigningKeysEntry {
+  keys: DkimKey[];
+  /** key_dir's and the domain directory's mtime (ns) when the keys were read; a key added, retired or removed changes one. */
+  stamp: string;
+  checkedAt: number;
+}
+
 export class DkimKeyStore {
   readonly keyDir: string;
   readonly #now: () => Date;
+  readonly #recheckMs: number;
+  /** Signing keys per domain: reading and parsing the key files costs ~0.7 ms, the milter asks per message. */
+  readonly #signing = new Map<string, SigningKeysEntry>();
 
-  constructor(keyDir: string, opts: { now?: () => Date } = {}) {
+  constructor(keyDir: string, opts: { now?: () => Date; recheckMs?: number } = {}) {
     this.keyDir = keyDir;
     this.#now = opts.now ?? (() => new Date());
+    this.#recheckMs = opts.recheckMs ?? SIGNING_KEYS_RECHECK_MS;
   }
 
   /** Creates and stores a new active key. Refuses a selector the domain has used before (retired keys included). */
@@ -240,6 +254,7 @@ export class DkimKeyStore {
     const dir = this.#domainDir(domain, true);
     const file = join(dir, `${selector}.${type}.key`);
     writeNewFile(file, `${header}\n${pem}`, this.#owner());
+    this.#signing.delete(domain);
     return this.get(domain, selector);
   }
 
@@ -263,7 +278,33 @@ export class DkimKeyStore {
    * Ed25519 key (the oldest active of each), newest first. Empty: sign nothing.
    */
   signingKeys(domainInput: string): DkimKey[] {
-    return this.list(domainInput).filter((k) => k.signing);
+    const domain = requireKeyDomain(domainInput);
+    const now = performance.now();
+    const cached = this.#signing.get(domain);
+    if (cached && now - cached.checkedAt < this.#recheckMs) return cached.keys;
+    // At most one pair of stat() calls per domain and second; the files are read again only when a directory changed.
+    // (A key file rewritten in place changes no directory: the CLI never does that, it links and renames.)
+    const stamp = this.#stamp(domain);
+    if (cached && stamp === cached.stamp) {
+      cached.checkedAt = now;
+      return cached.keys;
+    }
+    const keys = this.#load(domain).filter((k) => k.signing);
+    if (this.#signing.size >= 10_000 && !cached) this.#signing.clear();
+    this.#signing.set(domain, { keys, stamp, checkedAt: now });
+    return keys;
+  }
+
+  #stamp(domain: string): string {
+    const mtime = (dir: string): string => {
+      try {
+        return String(statSync(dir, { bigint: true }).mtimeNs);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '-';
+        throw ioError(`cannot read ${dir}`, err);
+      }
+    };
+    return `${mtime(this.keyDir)} ${mtime(join(this.keyDir, domain))}`;
   }
 
   /** Stops signing and publishing with a key; the next active key of its algorithm takes over. */
@@ -279,6 +320,8 @@ export class DkimKeyStore {
       syncDir(this.#domainDir(domain, false));
     } catch (err) {
       throw ioError(`cannot retire ${entry.file}`, err);
+    } finally {
+      this.#signing.delete(domain);
     }
     return this.get(domain, selector);
   }
@@ -292,6 +335,8 @@ export class DkimKeyStore {
       syncDir(this.#domainDir(key.domain, false));
     } catch (err) {
       throw ioError(`cannot remove ${key.file}`, err);
+    } finally {
+      this.#signing.delete(key.domain);
     }
     return key;
   }

@@ -20,6 +20,7 @@ import { dkimSign } from 'mailauth';
 import { normalizeIp } from '../auth/policy.ts';
 import { verifyMessage, type MessageAuthVerdict } from '../checks/message-auth.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
+import type { SpfMemory } from '../checks/spf-memory.ts';
 import type { DkimKey } from '../dkim/keys.ts';
 import { commandExpectsReply, negotiate, replyCode, type MilterCommand, type MilterReplyInput, type MilterWants } from './codec.ts';
 import { SMFIF, SMFIP } from './constants.ts';
@@ -36,6 +37,8 @@ export type SigningKey = Pick<DkimKey, 'domain' | 'selector' | 'algorithm' | 'pr
 export interface MilterRuntime {
   readonly config: MilterConfig;
   readonly resolver: DnsResolver;
+  /** The daemon's SPF verdicts (shared with the policy service): one SPF evaluation per message. */
+  readonly spfMemory?: SpfMemory;
   /** The keys that sign mail from `domain` (RSA and/or Ed25519); [] = send unsigned. May throw. */
   signingKeys(domain: string): readonly SigningKey[];
   /** The verifier; default verifyMessage (tests and the bench may substitute). */
@@ -301,6 +304,7 @@ export class MilterSession {
         stream,
         { clientIp: this.#clientIp(), helo: this.#helo, sender: m.sender, authservId: runtime.config.authservId },
         runtime.resolver,
+        runtime.spfMemory ? { spfMemory: runtime.spfMemory } : {},
       );
       result.catch(() => undefined);
       m.verify = { stream, result };
@@ -559,6 +563,7 @@ function logFields(r: MessageReport): Record<string, unknown> {
           from_domain: v.dmarc?.domain ?? null,
           dkim: v.dkim.map((k) => ({ d: k.domain, s: k.selector, a: k.algorithm, result: k.result, aligned: k.aligned, ...(k.comment ? { comment: k.comment } : {}) })),
           spf: v.spf,
+          spf_source: v.spfSource,
           dmarc: v.dmarc ? { result: v.dmarc.result, policy: v.dmarc.policy ?? null } : v.dmarcSkipped ? { skipped: v.dmarcSkipped } : null,
           arc: v.arc,
           ...(r.arcSealer ? { arc_sealer: r.arcSealer } : {}),

@@ -29,6 +29,7 @@ import type { PolicyStateStore } from '../state/types.ts';
 import type { DnsListPolicy, SmtpdPolicyConfig } from './config.ts';
 import type { PolicyRequest } from './request.ts';
 import { VerdictCache } from './verdict-cache.ts';
+import { spfMemoryKey, type SpfMemory } from '../checks/spf-memory.ts';
 
 /** What the engine remembers about one message (one `instance`) on one connection. */
 export interface MessageState {
@@ -74,6 +75,8 @@ export interface PolicyEngineDeps {
   readonly state?: PolicyStateStore;
   /** Wall clock in ms (tests inject one). */
   readonly now?: () => number;
+  /** The daemon's SPF verdict memory, shared with the milter (src/checks/spf-memory.ts); default: the engine's own. */
+  readonly spfMemory?: SpfMemory;
 }
 
 const DUNNO = 'DUNNO';
@@ -105,6 +108,7 @@ export class PolicyEngine {
     this.#resolver = deps.resolver;
     this.#state = deps.state;
     this.#now = deps.now ?? Date.now;
+    if (deps.spfMemory) this.#verdicts.spf = deps.spfMemory;
     this.#mynetworks = blockList(deps.config.mynetworks);
     this.#spfSkip = blockList(deps.config.spf.skipNetworks);
     this.#ourNames = [deps.config.myhostname.toLowerCase()];
@@ -258,7 +262,7 @@ export class PolicyEngine {
       // With a null sender the MAIL FROM check already is the HELO check.
       runSpf && c.spf.helo && req.sender !== '' ? caches.spf.through(`helo ${ip} ${req.heloName.toLowerCase()}`, now, () => evaluateHeloSpf(spfInput, r), spfKept) : undefined,
       // The whole sender is in the key: SPF macros (%{l}) and the header's envelope-from depend on it.
-      runSpf ? caches.spf.through(`mfrom ${ip} ${req.heloName.toLowerCase()} ${req.sender.toLowerCase()}`, now, () => evaluateSpf(spfInput, r), spfKept) : undefined,
+      runSpf ? caches.spf.through(spfMemoryKey(ip, req.heloName, req.sender), now, () => evaluateSpf(spfInput, r), spfKept) : undefined,
     ]);
     let helo = c.helo !== 'ignore' ? checkHelo({ helo: req.heloName, clientIp: ip, ourNames: this.#ourNames }) : undefined;
     if (helo?.result === 'pass' && (await this.#isHostedDomain(req.heloName))) {

@@ -39,6 +39,7 @@ function verdict(over: Partial<MessageAuthVerdict> = {}): MessageAuthVerdict {
   return {
     dkim: [],
     spf: 'none',
+    spfSource: 'computed',
     arc: 'none',
     authenticationResults: `${AUTHSERV};\r\n dkim=none;\r\n spf=none smtp.mailfrom=a@sender.test`,
     elapsedMs: 1,
