@@ -1,0 +1,400 @@
+// Milter benchmark: mailwarden's milter against OpenDKIM and OpenDKIM +
+// OpenDMARC (Debian packages) and a trivial always-CONTINUE milter, on the
+// same messages and the same test DNS, driven by a load generator that
+// speaks the MTA side like Postfix. Verify-only (inbound, DKIM-signed
+// messages) and sign-only (submission with {daemon_name}=ORIGINATING), then
+// 10 MB messages for the flat-memory check. See bench/README.md ("Milter").
+//
+//   node bench/milter.ts [--seconds 5] [--concurrency 1,10,50] [--only mailwarden,opendkim] ...
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
+import { connect } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { freePort } from '../test/support/ports.ts';
+import { AUTHSERV_ID, generateMilterDataset } from './lib/milter-data.ts';
+import { OPENDKIM, OPENDMARC, startMilter, type MilterKind, type RunningMilter } from './lib/milter-peers.ts';
+import type { FromMilterLoadgen, MilterRunParams, MilterRunResult, ToMilterLoadgen } from './lib/milter-types.ts';
+import type { DnsStats, FromDns, ToDns } from './lib/policy-types.ts';
+import { writeResolvConf } from './lib/policy-peers.ts';
+import { installSignalHandlers, interrupted, onCleanup, removeAtExit, runCleanups, sleep, systemCpuMicros } from './lib/proc.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+const TARGETS = ['trivial', 'mailwarden', 'opendkim', 'opendkim+opendmarc'] as const;
+type TargetName = (typeof TARGETS)[number];
+type Phase = 'verify' | 'sign';
+
+/** Which milters make up a target in each phase (a chain is called in order per message, like smtpd_milters). */
+const CHAINS: Record<Phase, Partial<Record<TargetName, MilterKind[]>>> = {
+  verify: { trivial: ['trivial'], mailwarden: ['mailwarden'], opendkim: ['opendkim-verify'], 'opendkim+opendmarc': ['opendkim-verify', 'opendmarc'] },
+  sign: { trivial: ['trivial'], mailwarden: ['mailwarden'], opendkim: ['opendkim-sign'] },
+};
+const WORK: Record<Phase, Record<string, string>> = {
+  verify: {
+    trivial: 'nothing (CONTINUE at EOM): protocol ceiling for a Node milter',
+    mailwarden: 'SPF + DKIM (all signatures) + DMARC + ARC, one A-R header; DNS cache',
+    opendkim: 'DKIM only (Mode v), A-R header',
+    'opendkim+opendmarc': 'OpenDKIM (Mode v) then OpenDMARC (SPF self-validated, DMARC from OpenDKIM\'s A-R), two A-R headers',
+  },
+  sign: {
+    trivial: 'nothing (CONTINUE at EOM)',
+    mailwarden: 'DKIM-Signature rsa-sha256 relaxed/relaxed ({daemon_name}=ORIGINATING)',
+    opendkim: 'DKIM-Signature rsa-sha256 relaxed/relaxed (Mode s, client in InternalHosts, SigningTable)',
+  },
+};
+
+const USAGE = `usage: node bench/milter.ts [options]
+  --seconds N          measured seconds per run (default 4)
+  --warmup S           unmeasured seconds before each run (default 1)
+  --concurrency LIST   concurrent SMTP sessions, each with its own milter connection(s) (default 1,10,50)
+  --only LIST          targets (default all): ${TARGETS.join(',')}
+  --phases LIST        verify,sign (default both)
+  --messages N         distinct messages per phase, 5-20 KB each (default 200)
+  --per-session N      messages per milter connection (ABORT between, QUIT after; default 3)
+  --big-mb N           size of the large message for the memory check, MB (default 10; 0 = skip)
+  --big-count N        large messages sent in the memory check (default 12, 4 concurrent sessions)
+  --seed N             data seed (default 42)
+  --dns-address IP     loopback address for the test DNS on port 53 (default 127.53.0.1)
+  --log-level LEVEL    mailwarden log.level (default warn)
+  --quiet-wait S       wait up to S s before each run for other processes to use < 10% of the CPUs (default 60)
+  --keep               keep the temp dir
+  --json-out FILE      also write the results as JSON
+Peers come from Debian packages: sudo bash bench/setup-milter-peers.sh`;
+
+function usage(message: string): never {
+  process.stderr.write(`bench: ${message}\n${USAGE}\n`);
+  process.exit(64);
+}
+
+const t0 = Date.now();
+function progress(message: string): void {
+  process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${message}\n`);
+}
+const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
+const ms = (us: number) => (us / 1000).toFixed(us < 10_000 ? 2 : 1);
+const mb = (kib: number) => (kib / 1024).toFixed(0);
+const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
+
+type WithoutId<T> = T extends unknown ? Omit<T, 'id'> : never;
+class Child<In extends { id: number }, Out extends { id: number; type: string }> {
+  readonly #child: ChildProcess;
+  #nextId = 1;
+  readonly #pending = new Map<number, { resolve: (m: Out) => void; reject: (e: Error) => void }>();
+  constructor(script: string, name: string) {
+    this.#child = fork(script, [], { detached: true, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.#child.on('message', (m: Out) => {
+      const p = this.#pending.get(m.id);
+      if (!p || m.type === 'phase') return;
+      this.#pending.delete(m.id);
+      if (m.type === 'error') p.reject(new Error(`${name}: ${(m as unknown as { message: string }).message}`));
+      else p.resolve(m);
+    });
+    this.#child.once('exit', (code) => {
+      for (const p of this.#pending.values()) p.reject(new Error(`${name} exited (${code})`));
+      this.#pending.clear();
+    });
+    onCleanup(`stop ${name}`, () => this.stop());
+  }
+  get pid(): number {
+    return this.#child.pid!;
+  }
+  request(msg: WithoutId<In>): Promise<Out> {
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#child.send({ ...msg, id });
+    });
+  }
+  async stop(): Promise<void> {
+    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return;
+    const exited = new Promise((r) => this.#child.once('exit', r));
+    this.#child.disconnect();
+    const t = setTimeout(() => this.#child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(t);
+  }
+}
+
+async function waitForPort(port: number, timeoutMs: number, m: RunningMilter, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`${what} did not listen on 127.0.0.1:${port} within ${timeoutMs / 1000} s\n${m.logTail()}`);
+    await sleep(100);
+  }
+}
+
+const QUIET = 0.1;
+async function waitForQuiet(quietWaitS: number): Promise<void> {
+  const deadline = Date.now() + quietWaitS * 1000;
+  let told = false;
+  for (;;) {
+    const a = systemCpuMicros();
+    await sleep(1000);
+    const b = systemCpuMicros();
+    const share = (b.busy - a.busy + b.steal - a.steal) / (1e6 * os.availableParallelism());
+    if (share < QUIET) return;
+    if (Date.now() > deadline) {
+      progress(`  host still busy (${pct(share)}) after ${quietWaitS} s; measuring anyway`);
+      return;
+    }
+    if (!told) progress(`  host busy (${pct(share)} of the CPUs used by other processes): waiting up to ${quietWaitS} s`);
+    told = true;
+  }
+}
+
+interface Row {
+  readonly phase: Phase | 'verify-10MB' | 'sign-10MB';
+  readonly target: TargetName;
+  readonly concurrency: number;
+  readonly result: MilterRunResult;
+  readonly dnsPerMessage: number;
+}
+
+/** What a target must have done for its numbers to count. */
+function checkWork(phase: Phase, target: TargetName, r: MilterRunResult): string | undefined {
+  const n = r.messages;
+  if (n === 0) return 'no message completed';
+  const e = r.evidence;
+  if (target === 'trivial') return undefined;
+  if (phase === 'sign') return e.dkimSigned === n ? undefined : `only ${e.dkimSigned}/${n} messages got a DKIM-Signature`;
+  if (e.dkimPass !== n) return `only ${e.dkimPass}/${n} messages got dkim=pass`;
+  if (target !== 'opendkim' && e.dmarcPass !== n) return `only ${e.dmarcPass}/${n} messages got dmarc=pass`;
+  if (target !== 'opendkim' && e.spfPass !== n) return `only ${e.spfPass}/${n} messages got spf=pass`;
+  return undefined;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      seconds: { type: 'string' }, warmup: { type: 'string' }, concurrency: { type: 'string' }, only: { type: 'string' },
+      phases: { type: 'string' }, messages: { type: 'string' }, 'per-session': { type: 'string' }, 'big-mb': { type: 'string' },
+      'big-count': { type: 'string' }, seed: { type: 'string' }, 'dns-address': { type: 'string' }, 'log-level': { type: 'string' },
+      'quiet-wait': { type: 'string' }, keep: { type: 'boolean' }, 'json-out': { type: 'string' }, help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  const num = (name: string, text: string | undefined, fallback: number, min = 0): number => {
+    if (text === undefined) return fallback;
+    const n = Number(text);
+    if (!Number.isFinite(n) || n < min) usage(`--${name} must be a number >= ${min}`);
+    return n;
+  };
+  const seconds = num('seconds', values.seconds, 4, 0.2);
+  const warmup = num('warmup', values.warmup, 1);
+  const concurrency = (values.concurrency ?? '1,10,50').split(',').map(Number);
+  if (concurrency.some((c) => !Number.isInteger(c) || c < 1 || c > 500)) usage('--concurrency: integers 1..500');
+  const only = (values.only ?? TARGETS.join(',')).split(',').map((s) => s.trim()) as TargetName[];
+  for (const t of only) if (!TARGETS.includes(t)) usage(`--only: unknown target ${t}`);
+  const phases = (values.phases ?? 'verify,sign').split(',').map((s) => s.trim()) as Phase[];
+  for (const p of phases) if (p !== 'verify' && p !== 'sign') usage(`--phases: unknown phase ${p}`);
+  const messages = Math.floor(num('messages', values.messages, 200, 5));
+  const perSession = Math.floor(num('per-session', values['per-session'], 3, 1));
+  const bigMb = num('big-mb', values['big-mb'], 10);
+  const bigCount = Math.floor(num('big-count', values['big-count'], 12, 1));
+  const seed = Math.floor(num('seed', values.seed, 42));
+  const dnsAddress = values['dns-address'] ?? '127.53.0.1';
+  const quietWait = num('quiet-wait', values['quiet-wait'], 60);
+  const logLevel = values['log-level'] ?? 'warn';
+
+  installSignalHandlers();
+  if (process.getuid?.() !== 0) usage('needs root: the peers run in a private mount namespace (unshare -m) and the test DNS binds port 53');
+  const targets = only.filter((t) => {
+    const need = t === 'opendkim' ? [OPENDKIM] : t === 'opendkim+opendmarc' ? [OPENDKIM, OPENDMARC] : [];
+    const missing = need.filter((f) => !existsSync(f));
+    if (missing.length) progress(`skipping ${t}: ${missing.join(', ')} not found; install with: sudo bash bench/setup-milter-peers.sh`);
+    return missing.length === 0;
+  });
+
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mailwarden-milter-bench-'));
+  chmodSync(tmp, 0o755);
+  if (!values.keep) {
+    removeAtExit(tmp);
+    onCleanup('remove temp dir', () => rmSync(tmp, { recursive: true, force: true }));
+  }
+  const cores = os.availableParallelism();
+  progress(`temp dir ${tmp}${values.keep ? ' (kept)' : ''}; ${cores} CPU cores shared by the load generator, the milters and the test DNS`);
+
+  // A frozen copy of the mailwarden under test.
+  const mwRoot = path.join(tmp, 'mailwarden');
+  mkdirSync(mwRoot);
+  for (const part of ['src', 'bin', 'package.json']) cpSync(path.join(ROOT, part), path.join(mwRoot, part), { recursive: true });
+  symlinkSync(path.join(ROOT, 'node_modules'), path.join(mwRoot, 'node_modules'));
+
+  const keyDir = path.join(tmp, 'dkim');
+  const ds = await generateMilterDataset({ seed, messages, tmp, keyDir, bigBytes: Math.round(bigMb * 1024 * 1024) });
+  const files = {
+    verify: path.join(tmp, 'inbound.json'), sign: path.join(tmp, 'outbound.json'),
+    bigVerify: path.join(tmp, 'big-inbound.json'), bigSign: path.join(tmp, 'big-outbound.json'), resolvConf: path.join(tmp, 'resolv.conf'),
+  };
+  writeFileSync(files.verify, JSON.stringify(ds.inbound));
+  writeFileSync(files.sign, JSON.stringify(ds.outbound));
+  writeFileSync(files.bigVerify, JSON.stringify([ds.bigInbound]));
+  writeFileSync(files.bigSign, JSON.stringify([ds.bigOutbound]));
+  const avg = (list: typeof ds.inbound) => list.reduce((a, m) => a + (m.raw.length * 3) / 4, 0) / list.length;
+  progress(`${messages} inbound messages (avg ${(avg(ds.inbound) / 1024).toFixed(1)} KB; ${ds.mix['inbound:rsa'] ?? 0} RSA-2048 signed, ${ds.mix['inbound:rsa+ed25519'] ?? 0} RSA-2048 + Ed25519) `
+    + `from ${ds.senderDomains} domains; ${messages} outbound from ${ds.ourKey.domain} (avg ${(avg(ds.outbound) / 1024).toFixed(1)} KB)`);
+
+  const dns = new Child<ToDns, FromDns>(path.join(ROOT, 'bench/lib/policy-dns.ts'), 'test DNS');
+  const ready = await dns.request({ type: 'start', zones: ds.zones, ttl: 3600, host: dnsAddress, dnsblZones: [] });
+  if (ready.type !== 'ready') throw new Error('test DNS did not start');
+  writeResolvConf(files.resolvConf, ready.address);
+  progress(`test DNS on ${ready.address} (pid ${dns.pid})`);
+  const dnsTotal = async (): Promise<number> => {
+    const m = await dns.request({ type: 'stats' });
+    return m.type === 'stats' ? (m.stats as DnsStats).total : 0;
+  };
+
+  const loadgen = new Child<ToMilterLoadgen, FromMilterLoadgen>(path.join(ROOT, 'bench/lib/milter-loadgen.ts'), 'load generator');
+  const runLoad = async (params: MilterRunParams): Promise<{ result: MilterRunResult; dnsPerMessage: number }> => {
+    await dnsTotal();
+    const m = await loadgen.request({ type: 'run', params });
+    if (m.type !== 'result') throw new Error('load generator: bad reply');
+    const q = await dnsTotal();
+    return { result: m.result, dnsPerMessage: q / Math.max(1, m.result.messages + m.result.warmupMessages) };
+  };
+
+  const rows: Row[] = [];
+  const failed: Record<string, string> = {};
+  const samples: Record<string, Record<string, string>> = {};
+  for (const phase of phases) {
+    for (const target of targets) {
+      const kinds = CHAINS[phase][target];
+      if (!kinds) continue;
+      const key = `${phase}/${target}`;
+      progress(`${key}: ${WORK[phase][target]}`);
+      const running: RunningMilter[] = [];
+      try {
+        for (const kind of kinds) {
+          const port = await freePort();
+          const m = await startMilter(kind, { tmp, port, dnsServer: ready.address, resolvConf: files.resolvConf, mwRoot, keyDir, ourKeyPemFile: ds.ourKeyPemFile, logLevel });
+          running.push(m);
+          await waitForPort(port, 60_000, m, kind);
+        }
+        const chain = kinds.map((k, i) => ({ name: k, host: '127.0.0.1', port: running[i]!.port }));
+        const trees = Object.fromEntries(kinds.map((k, i) => [k, running[i]!.pid]));
+        const base = { chain, perSession, phase, cpuTrees: trees, rssTrees: trees };
+        // Probe: a few messages must come back with the work done, before anything is measured.
+        const probe = await runLoad({ ...base, messages: files[phase], concurrency: 1, warmupMs: 0, durationMs: 30_000, maxMessages: 3 });
+        const bad = checkWork(phase, target, probe.result);
+        if (bad) throw new Error(`probe: ${bad}; ${probe.dnsPerMessage.toFixed(2)} DNS queries per message reached the test DNS; headers ${JSON.stringify(probe.result.samples)}; finals ${JSON.stringify(probe.result.finals)}`);
+        samples[key] = probe.result.samples;
+        progress(`  probe ok: ${Object.entries(probe.result.samples).map(([k, v]) => `${k}: ${v.slice(0, 140)}`).join(' | ') || 'no headers (expected)'}`);
+        for (const c of concurrency) {
+          if (quietWait > 0) await waitForQuiet(quietWait);
+          const { result: r, dnsPerMessage } = await runLoad({ ...base, messages: files[phase], concurrency: c, warmupMs: warmup * 1000, durationMs: seconds * 1000, maxMessages: 0 });
+          const badRun = checkWork(phase, target, r);
+          rows.push({ phase, target, concurrency: c, result: r, dnsPerMessage });
+          const cpu = Object.values(r.cpuUsPerMessage).reduce((a, b) => a + b, 0);
+          const rss = Object.values(r.rssKiB).reduce((a, b) => a + b.peak, 0);
+          progress(`  C=${c}: ${fmt(r.messagesPerSecond)} msg/s, p50 ${ms(r.latencyUs.p50)} ms, p99 ${ms(r.latencyUs.p99)} ms, milter CPU ${fmt(cpu)} µs/msg, `
+            + `peak RSS ${mb(rss)} MB, DNS ${dnsPerMessage.toFixed(2)} q/msg, finals ${JSON.stringify(r.finals)}`
+            + `${badRun ? ` [WORK MISSING: ${badRun}]` : ''}${r.otherCpuShare + r.stealShare >= QUIET ? ` [disturbed: other ${pct(r.otherCpuShare)}, steal ${pct(r.stealShare)}]` : ''}`);
+          if (badRun) failed[`${key} C=${c}`] = badRun;
+        }
+        if (bigMb > 0 && target !== 'trivial') {
+          const bigFile = phase === 'verify' ? files.bigVerify : files.bigSign;
+          const { result: r } = await runLoad({ ...base, messages: bigFile, concurrency: 4, perSession: 1, warmupMs: 0, durationMs: 300_000, maxMessages: bigCount });
+          rows.push({ phase: phase === 'verify' ? 'verify-10MB' : 'sign-10MB', target, concurrency: 4, result: r, dnsPerMessage: 0 });
+          const badBig = checkWork(phase, target, r);
+          progress(`  ${bigMb} MB x ${r.messages} (4 sessions): ${r.messagesPerSecond.toFixed(1)} msg/s, p50 ${ms(r.latencyUs.p50)} ms, `
+            + `RSS ${Object.entries(r.rssKiB).map(([k, v]) => `${k} ${mb(v.start)} -> peak ${mb(v.peak)} -> ${mb(v.end)} MB`).join(', ')}${badBig ? ` [WORK MISSING: ${badBig}]` : ''}`);
+          if (badBig) failed[`${key} ${bigMb} MB`] = badBig;
+        }
+      } catch (err) {
+        if (interrupted) throw err;
+        const msg = (err as Error).message.split('\n').slice(0, 3).join(' ');
+        progress(`  FAILED: ${msg}\n${running.map((m) => m.logTail()).join('\n')}`);
+        failed[key] = msg;
+      }
+      for (const m of running.reverse()) await m.stop();
+    }
+  }
+
+  const versions: Record<string, string> = {};
+  for (const pkg of ['opendkim', 'opendmarc']) {
+    try {
+      versions[pkg] = execFileSync('dpkg-query', ['-W', '-f=${Version}', pkg], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+    } catch {
+      versions[pkg] = 'not installed';
+    }
+  }
+  if (values['json-out']) writeFileSync(values['json-out'], `${JSON.stringify({ meta: { node: process.version, cores, seed, messages, perSession, seconds, versions, samples, failed }, rows }, null, 2)}\n`);
+
+  const out: string[] = [];
+  out.push('', `mailwarden milter benchmark: ${messages} distinct messages per phase cycling, ${perSession} per milter connection; ${seconds} s per run after ${warmup} s warm-up; `
+    + `Node ${process.version}; ${cores} cores shared by load generator, milters and test DNS. Peers: opendkim ${versions['opendkim']}, opendmarc ${versions['opendmarc']}.`);
+  for (const phase of phases) {
+    out.push('', `${phase === 'verify' ? 'Verify only (inbound, DKIM-signed 5-20 KB)' : 'Sign only (outbound from our domain, 5-20 KB)'}:`);
+    out.push(`${'target'.padEnd(20)} ${'C'.padStart(3)} ${'msg/s'.padStart(7)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'CPU µs/msg'.padStart(10)} ${'RSS MB'.padStart(7)} ${'DNS q/msg'.padStart(9)}  work seen (of measured messages)`);
+    for (const c of concurrency) {
+      for (const r of rows.filter((x) => x.phase === phase && x.concurrency === c)) {
+        const x = r.result;
+        const cpu = Object.values(x.cpuUsPerMessage).reduce((a, b) => a + b, 0);
+        const rss = Object.values(x.rssKiB).reduce((a, b) => a + b.peak, 0);
+        const e = x.evidence;
+        const work = r.target === 'trivial' ? `${fmt(x.messages)} CONTINUE`
+          : phase === 'sign' ? `DKIM-Signature ${fmt(e.dkimSigned)}/${fmt(x.messages)}`
+          : `dkim=pass ${fmt(e.dkimPass)}, spf=pass ${fmt(e.spfPass)}, dmarc=pass ${fmt(e.dmarcPass)} /${fmt(x.messages)}`;
+        out.push(`${r.target.padEnd(20)} ${String(c).padStart(3)} ${fmt(x.messagesPerSecond).padStart(7)} ${ms(x.latencyUs.p50).padStart(7)} ${ms(x.latencyUs.p99).padStart(7)} `
+          + `${fmt(cpu).padStart(10)} ${mb(rss).padStart(7)} ${r.dnsPerMessage.toFixed(2).padStart(9)}  ${work}`);
+      }
+    }
+  }
+  const big = rows.filter((r) => r.phase.endsWith('10MB'));
+  if (big.length) {
+    out.push('', `${bigMb} MB messages (${bigCount} per target, 4 concurrent sessions; RSS of the milter process(es): before -> highest 100 ms sample -> after):`);
+    for (const r of big) {
+      const x = r.result;
+      out.push(`  ${r.phase.padEnd(12)} ${r.target.padEnd(20)} ${x.messagesPerSecond.toFixed(2).padStart(6)} msg/s, p50 ${ms(x.latencyUs.p50)} ms, `
+        + `${Object.entries(x.rssKiB).map(([k, v]) => `${k} ${mb(v.start)} -> ${mb(v.peak)} -> ${mb(v.end)} MB`).join(', ')}; `
+        + `${r.phase.startsWith('sign') ? `signed ${x.evidence.dkimSigned}` : `dkim=pass ${x.evidence.dkimPass}`}/${x.messages}`);
+    }
+  }
+  // Targets from issue 5.
+  out.push('', 'Targets (issue 5):');
+  for (const c of concurrency) {
+    const get = (phase: Phase, t: TargetName) => rows.find((r) => r.phase === phase && r.target === t && r.concurrency === c)?.result.messagesPerSecond;
+    const mwV = get('verify', 'mailwarden');
+    const peerV = get('verify', 'opendkim+opendmarc');
+    if (mwV !== undefined && peerV !== undefined) {
+      out.push(`  verify C=${String(c).padEnd(3)} mailwarden ${fmt(mwV)} msg/s vs OpenDKIM+OpenDMARC ${fmt(peerV)}: ${(mwV / peerV).toFixed(2)}x (target >= 2x) ${mwV >= 2 * peerV ? 'MET' : 'NOT MET'}`);
+    }
+    const mwS = get('sign', 'mailwarden');
+    const peerS = get('sign', 'opendkim');
+    if (mwS !== undefined && peerS !== undefined) {
+      out.push(`  sign   C=${String(c).padEnd(3)} mailwarden ${fmt(mwS)} msg/s vs OpenDKIM ${fmt(peerS)}: ${(mwS / peerS).toFixed(2)}x (target >= 1x) ${mwS >= peerS ? 'MET' : 'NOT MET'}`);
+    }
+  }
+  for (const r of big.filter((x) => x.target === 'mailwarden')) {
+    const v = Object.values(r.result.rssKiB)[0]!;
+    const flat = v.peak - v.start < 4 * bigMb * 1024 + 64 * 1024;
+    out.push(`  ${r.phase} mailwarden RSS growth ${mb(v.peak - v.start)} MB over ${r.result.messages} x ${bigMb} MB with 4 in flight `
+      + `(flat = less than the ${4 * bigMb} MB in flight + 64 MB): ${flat ? 'MET' : 'NOT MET'}`);
+  }
+  for (const [k, v] of Object.entries(failed)) out.push(`FAILED ${k}: ${v}`);
+  out.push(`authserv-id of mailwarden: ${AUTHSERV_ID}. Latency: MAIL to the final EOM reply of the last milter. CPU: utime+stime of the milter process tree(s) per message, from /proc.`);
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+main().then(
+  () => runCleanups(),
+  async (err: unknown) => {
+    if (interrupted) return;
+    process.stderr.write(`bench: ${(err as Error).stack ?? String(err)}\n`);
+    await runCleanups();
+    process.exitCode = 1;
+  },
+);
