@@ -17,7 +17,8 @@
 //
 // State is in memory, per daemon: several MX/IMAP hosts each count on their
 // own. Memory is bounded (maxEntries keys, least recently used evicted first).
-import { BlockList, isIP } from 'node:net';
+import { isIP } from 'node:net';
+import { NetworkList, normalizeIp } from '../core/network.ts';
 
 export interface PolicySettings {
   readonly enabled: boolean;
@@ -92,7 +93,7 @@ interface Entry {
 
 export class BruteForcePolicy {
   #settings: PolicySettings;
-  #allow: BlockList;
+  #allow: NetworkList;
   readonly #now: () => number;
   /** Insertion order = least recently used first. */
   readonly #entries = new Map<string, Entry>();
@@ -100,7 +101,7 @@ export class BruteForcePolicy {
 
   constructor(settings: PolicySettings, now: () => number = Date.now) {
     this.#settings = settings;
-    this.#allow = allowList(settings.allow);
+    this.#allow = new NetworkList(settings.allow);
     this.#now = now;
   }
 
@@ -111,7 +112,7 @@ export class BruteForcePolicy {
   /** New thresholds on reload; the counters are kept. */
   configure(settings: PolicySettings): void {
     this.#settings = settings;
-    this.#allow = allowList(settings.allow);
+    this.#allow = new NetworkList(settings.allow);
     this.#evict();
   }
 
@@ -120,9 +121,7 @@ export class BruteForcePolicy {
   }
 
   isAllowListed(remote: string | undefined): boolean {
-    const ip = normalizeIp(remote);
-    if (!ip) return false;
-    return this.#allow.check(ip, isIP(ip) === 6 ? 'ipv6' : 'ipv4');
+    return this.#allow.has(remote);
   }
 
   /** `command=allow`: may this attempt go ahead? */
@@ -300,19 +299,6 @@ function canonicalLogin(login: string): string {
   return login.trim().toLowerCase();
 }
 
-/** Plain IPv4 for IPv4-mapped IPv6; lowercase IPv6; undefined for anything that is not an address. */
-export function normalizeIp(text: string | undefined): string | undefined {
-  if (!text) return undefined;
-  let ip = text.trim();
-  if (ip.startsWith('[') && ip.endsWith(']')) ip = ip.slice(1, -1);
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
-  if (mapped) ip = mapped[1]!;
-  const v = isIP(ip);
-  if (v === 4) return ip;
-  if (v === 6) return ip.toLowerCase();
-  return undefined;
-}
-
 /** IPv4 /24 or IPv6 /64 in CIDR notation, e.g. 192.0.2.0/24, 2001:db8:0:1::/64. */
 export function subnetOf(ip: string): string {
   if (isIP(ip) === 4) return `${ip.split('.').slice(0, 3).join('.')}.0/24`;
@@ -333,26 +319,4 @@ function expandIpv6(ip: string): string[] {
   const t = tail ? tail.split(':') : [];
   const zeros = tail === undefined ? [] : Array(8 - h.length - t.length).fill('0') as string[];
   return [...h, ...zeros, ...t].map((g) => g.toLowerCase().padStart(4, '0'));
-}
-
-/** `addr/prefix` or a bare address; returns an error message instead of throwing. */
-export function parseCidr(text: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | string {
-  const m = /^([^/]+)(?:\/(\d{1,3}))?$/.exec(text.trim());
-  const address = m ? normalizeIp(m[1]) : undefined;
-  if (!m || !address) return `not an IP address or CIDR network: ${JSON.stringify(text)}`;
-  const family = isIP(address) === 6 ? 'ipv6' : 'ipv4';
-  const max = family === 'ipv6' ? 128 : 32;
-  const prefix = m[2] === undefined ? max : Number(m[2]);
-  if (prefix > max) return `prefix length must be at most ${max}: ${JSON.stringify(text)}`;
-  return { address, prefix, family };
-}
-
-function allowList(cidrs: readonly string[]): BlockList {
-  const list = new BlockList();
-  for (const text of cidrs) {
-    const c = parseCidr(text);
-    if (typeof c === 'string') throw new Error(c);
-    list.addSubnet(c.address, c.prefix, c.family);
-  }
-  return list;
 }

@@ -7,7 +7,7 @@
 //
 // It is the policy engine's SPF VerdictCache (TTL-bound, temperrors never
 // stored), with a note of who computed each verdict, for the milter's log.
-import { normalizeIp } from '../auth/policy.ts';
+import { normalizeIp } from '../core/network.ts';
 import { VerdictCache } from '../policy/verdict-cache.ts';
 import type { SpfVerdict } from './spf.ts';
 import { canonicalIp } from './fcrdns.ts';

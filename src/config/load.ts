@@ -5,7 +5,8 @@ import { LineCounter, parseDocument, isMap, isSeq, type Node, type YAMLMap } fro
 import { parseDnsServer } from '../dns/resolver.ts';
 import { ConfigError, NodeReader, yamlMessage } from './reader.ts';
 import { isLoopbackHost, parseListen, type ListenAddress } from './listen.ts';
-import { DEFAULT_POLICY, parseCidr, type PolicySettings } from '../auth/policy.ts';
+import { DEFAULT_POLICY, type PolicySettings } from '../auth/policy.ts';
+import { parseCidr } from '../core/network.ts';
 import { readSmtpdPolicy, type SmtpdPolicyConfig } from '../policy/config.ts';
 import { readMilterConfig, type MilterConfig } from '../milter/config.ts';
 import { readDkimConfig, type DkimConfig } from '../dkim/config.ts';

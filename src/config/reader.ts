@@ -1,6 +1,7 @@
 // Position-aware access to a parsed YAML document, so every validation error
 // can say file:line:column.
 import { isMap, isScalar, isSeq, type Document, type LineCounter, type Node, type Pair, type YAMLMap } from 'yaml';
+import { parseCidr } from '../core/network.ts';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -94,6 +95,31 @@ export class NodeReader {
     const ms = isScalar(node) ? parseDuration(String(node.value)) : undefined;
     if (ms === undefined) return this.fail(node, `${path} must be a duration like 500ms, 10s, 5m, 1h`);
     return ms;
+  }
+
+  /** One of a fixed set of words (an enum setting); anything else is reported and the fallback used. */
+  choice<T extends string>(map: YAMLMap | undefined, key: string, path: string, allowed: readonly T[], fallback: T): T {
+    const v = this.string(map, key, path);
+    if (v === undefined) return fallback;
+    if (!(allowed as readonly string[]).includes(v)) {
+      this.fail(this.node(map, key), `${path} must be one of ${allowed.join(', ')}`);
+      return fallback;
+    }
+    return v as T;
+  }
+
+  /** A list of IP networks (`192.0.2.0/24`, `2001:db8::/32`, a bare address, Postfix's `[::1]/128`), normalised to `addr/prefix`. */
+  cidrList(map: YAMLMap | undefined, key: string, path: string): string[] | undefined {
+    const list = this.stringList(map, key, path);
+    if (list === undefined) return undefined;
+    const node = this.node(map, key);
+    const out: string[] = [];
+    for (const [i, raw] of list.entries()) {
+      const c = parseCidr(raw.trim().replace(/^\[([^\]]+)\]/, '$1'));
+      if (typeof c === 'string') this.fail(isSeq(node) ? (node.items[i] as Node) : node, `${path}: ${c}`);
+      else out.push(`${c.address}/${c.prefix}`);
+    }
+    return out;
   }
 
   stringList(map: YAMLMap | undefined, key: string, path: string): string[] | undefined {

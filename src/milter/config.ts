@@ -19,7 +19,6 @@
 //       local_submissions: true        # sendmail(1)/pickup through non_smtpd_milters sign
 import { hostname } from 'node:os';
 import { isMap, isScalar, isSeq, type Node, type YAMLMap } from 'yaml';
-import { parseCidr } from '../auth/policy.ts';
 import { normalizeDomain } from '../core/address.ts';
 import { parseSize, type NodeReader } from '../config/reader.ts';
 import { readService, type ServiceListen } from '../config/load.ts';
@@ -97,15 +96,15 @@ export function readMilterConfig(r: NodeReader, top: YAMLMap | undefined): Milte
     else maxMessageSize = size;
   }
 
-  const onError = choice(r, sec, 'on_error', 'milter.on_error', ['accept', 'tempfail'] as const, MILTER_DEFAULTS.onError);
+  const onError = r.choice(sec, 'on_error', 'milter.on_error', ['accept', 'tempfail'] as const, MILTER_DEFAULTS.onError);
 
   const d = r.section(sec, 'dmarc', 'milter.dmarc', DMARC_KEYS);
   const dmarc: MilterDmarcConfig = {
-    reject: choice(r, d, 'reject', 'milter.dmarc.reject', ['reject', 'quarantine', 'accept'] as const, 'reject'),
-    quarantine: choice(r, d, 'quarantine', 'milter.dmarc.quarantine', ['hold', 'header', 'accept'] as const, 'header'),
+    reject: r.choice(d, 'reject', 'milter.dmarc.reject', ['reject', 'quarantine', 'accept'] as const, 'reject'),
+    quarantine: r.choice(d, 'quarantine', 'milter.dmarc.quarantine', ['hold', 'header', 'accept'] as const, 'header'),
     trustedArcSealers: domainList(r, d, 'trusted_arc_sealers', 'milter.dmarc.trusted_arc_sealers'),
     exemptDomains: domainList(r, d, 'exempt_domains', 'milter.dmarc.exempt_domains'),
-    exemptNetworks: cidrList(r, d, 'exempt_networks', 'milter.dmarc.exempt_networks'),
+    exemptNetworks: r.cidrList(d, 'exempt_networks', 'milter.dmarc.exempt_networks') ?? [],
   };
 
   const s = r.section(sec, 'signing', 'milter.signing', SIGNING_KEYS);
@@ -127,16 +126,6 @@ function policyHostname(top: YAMLMap | undefined): string | undefined {
   return isScalar(node) && typeof node.value === 'string' && AUTHSERV_ID.test(node.value) ? node.value : undefined;
 }
 
-function choice<T extends string>(r: NodeReader, map: YAMLMap | undefined, key: string, path: string, allowed: readonly T[], fallback: T): T {
-  const v = r.string(map, key, path);
-  if (v === undefined) return fallback;
-  if (!(allowed as readonly string[]).includes(v)) {
-    r.fail(r.node(map, key), `${path} must be one of ${allowed.join(', ')}`);
-    return fallback;
-  }
-  return v as T;
-}
-
 function domainList(r: NodeReader, map: YAMLMap | undefined, key: string, path: string): string[] {
   const node = r.node(map, key);
   const out: string[] = [];
@@ -144,17 +133,6 @@ function domainList(r: NodeReader, map: YAMLMap | undefined, key: string, path: 
     const domain = normalizeDomain(text);
     if (domain) out.push(domain);
     else r.fail(isSeq(node) ? (node.items[i] as Node) : node, `${path}: not a domain name: ${JSON.stringify(text)}`);
-  }
-  return out;
-}
-
-function cidrList(r: NodeReader, map: YAMLMap | undefined, key: string, path: string): string[] {
-  const node = r.node(map, key);
-  const out: string[] = [];
-  for (const [i, text] of (r.stringList(map, key, path) ?? []).entries()) {
-    const c = parseCidr(text.trim().replace(/^\[([^\]]+)\]/, '$1'));
-    if (typeof c === 'string') r.fail(isSeq(node) ? (node.items[i] as Node) : node, `${path}: ${c}`);
-    else out.push(`${c.address}/${c.prefix}`);
   }
   return out;
 }

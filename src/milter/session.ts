@@ -14,10 +14,9 @@
 // on_error (accept, logged; or tempfail), never a reject.
 import { PassThrough } from 'node:stream';
 import { performance } from 'node:perf_hooks';
-import { BlockList, isIP } from 'node:net';
 import type { Logger } from 'pino';
 import { dkimSign } from 'mailauth';
-import { normalizeIp } from '../auth/policy.ts';
+import { NetworkList, normalizeIp } from '../core/network.ts';
 import { verifyMessage, type MessageAuthVerdict } from '../checks/message-auth.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import type { SpfMemory } from '../checks/spf-memory.ts';
@@ -518,20 +517,16 @@ export function decideDmarc(
   return { action: q, reason: `dmarc p=${d.policy}` };
 }
 
-const networkCache = new WeakMap<readonly string[], BlockList>();
+/** Built once per configured list (config objects are frozen and live until a reload). */
+const networkCache = new WeakMap<readonly string[], NetworkList>();
 
 function inNetworks(ip: string, cidrs: readonly string[]): boolean {
-  if (cidrs.length === 0) return false;
   let list = networkCache.get(cidrs);
   if (!list) {
-    list = new BlockList();
-    for (const text of cidrs) {
-      const [address, prefix] = text.split('/') as [string, string];
-      list.addSubnet(address, Number(prefix), isIP(address) === 6 ? 'ipv6' : 'ipv4');
-    }
+    list = new NetworkList(cidrs);
     networkCache.set(cidrs, list);
   }
-  return list.check(ip, isIP(ip) === 6 ? 'ipv6' : 'ipv4');
+  return list.has(ip);
 }
 
 /** Resolves when the stream takes more data, or when it is gone (destroyed, errored). */

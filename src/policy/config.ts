@@ -3,7 +3,6 @@
 // (mynetworks, myhostname, postscreen_dnsbl_sites/threshold).
 import { hostname } from 'node:os';
 import { isSeq, type Node, type YAMLMap } from 'yaml';
-import { parseCidr } from '../auth/policy.ts';
 import { parseZoneSpec, type ZoneSpec } from '../dns/dnsbl.ts';
 import { normalizeDomain } from '../core/address.ts';
 import type { NodeReader } from '../config/reader.ts';
@@ -107,29 +106,20 @@ export function readSmtpdPolicy(r: NodeReader, top: YAMLMap | undefined): SmtpdP
   const myhostname = r.string(sec, 'myhostname', 'policy.myhostname') ?? hostname();
   if (!normalizeDomain(myhostname) && r.node(sec, 'myhostname')) r.fail(r.node(sec, 'myhostname'), 'policy.myhostname must be a fully qualified host name');
 
-  const mynetworks = cidrList(r, sec, 'mynetworks', 'policy.mynetworks') ?? [...POLICY_DEFAULTS.mynetworks];
+  const mynetworks = r.cidrList(sec, 'mynetworks', 'policy.mynetworks') ?? [...POLICY_DEFAULTS.mynetworks];
 
   const rcpt = r.section(sec, 'recipients', 'policy.recipients', ['reject_unknown']);
   const rejectUnknownRecipients = r.boolean(rcpt, 'reject_unknown', 'policy.recipients.reject_unknown') ?? true;
 
   const spfSec = r.section(sec, 'spf', 'policy.spf', ['enabled', 'helo', 'on_fail', 'on_softfail', 'on_permerror', 'on_temperror', 'skip_networks']);
-  const choice = <T extends string>(map: YAMLMap | undefined, key: string, path: string, allowed: readonly T[], fallback: T): T => {
-    const v = r.string(map, key, path);
-    if (v === undefined) return fallback;
-    if (!(allowed as readonly string[]).includes(v)) {
-      r.fail(r.node(map, key), `${path} must be one of ${allowed.join(', ')}`);
-      return fallback;
-    }
-    return v as T;
-  };
   const spf: SpfPolicy = {
     enabled: r.boolean(spfSec, 'enabled', 'policy.spf.enabled') ?? true,
     helo: r.boolean(spfSec, 'helo', 'policy.spf.helo') ?? true,
-    onFail: choice(spfSec, 'on_fail', 'policy.spf.on_fail', ['reject', 'annotate'], 'reject'),
-    onSoftfail: choice(spfSec, 'on_softfail', 'policy.spf.on_softfail', ['reject', 'annotate'], 'annotate'),
-    onPermerror: choice(spfSec, 'on_permerror', 'policy.spf.on_permerror', ['reject', 'annotate'], 'annotate'),
-    onTemperror: choice(spfSec, 'on_temperror', 'policy.spf.on_temperror', ['defer', 'annotate'], 'defer'),
-    skipNetworks: cidrList(r, spfSec, 'skip_networks', 'policy.spf.skip_networks') ?? [],
+    onFail: r.choice(spfSec, 'on_fail', 'policy.spf.on_fail', ['reject', 'annotate'], 'reject'),
+    onSoftfail: r.choice(spfSec, 'on_softfail', 'policy.spf.on_softfail', ['reject', 'annotate'], 'annotate'),
+    onPermerror: r.choice(spfSec, 'on_permerror', 'policy.spf.on_permerror', ['reject', 'annotate'], 'annotate'),
+    onTemperror: r.choice(spfSec, 'on_temperror', 'policy.spf.on_temperror', ['defer', 'annotate'], 'defer'),
+    skipNetworks: r.cidrList(spfSec, 'skip_networks', 'policy.spf.skip_networks') ?? [],
   };
 
   const dnsList = (key: 'dnsbl' | 'rhsbl'): DnsListPolicy | undefined => {
@@ -148,17 +138,17 @@ export function readSmtpdPolicy(r: NodeReader, top: YAMLMap | undefined): SmtpdP
     return {
       sites,
       threshold: r.integer(s, 'threshold', `policy.${key}.threshold`, 1, 1000) ?? 1,
-      action: choice(s, 'action', `policy.${key}.action`, ['reject', 'defer', 'warn'], 'reject'),
-      onError: choice(s, 'on_error', `policy.${key}.on_error`, ['ignore', 'defer'], 'ignore'),
+      action: r.choice(s, 'action', `policy.${key}.action`, ['reject', 'defer', 'warn'], 'reject'),
+      onError: r.choice(s, 'on_error', `policy.${key}.on_error`, ['ignore', 'defer'], 'ignore'),
     };
   };
   const dnsbl = dnsList('dnsbl');
   const rhsbl = dnsList('rhsbl');
 
   const fcSec = r.section(sec, 'fcrdns', 'policy.fcrdns', ['action']);
-  const fcrdns = choice(fcSec, 'action', 'policy.fcrdns.action', ['ignore', 'warn', 'defer', 'reject'], 'warn');
+  const fcrdns = r.choice(fcSec, 'action', 'policy.fcrdns.action', ['ignore', 'warn', 'defer', 'reject'], 'warn');
   const heloSec = r.section(sec, 'helo', 'policy.helo', ['action']);
-  const helo = choice(heloSec, 'action', 'policy.helo.action', ['ignore', 'warn', 'reject'], 'warn');
+  const helo = r.choice(heloSec, 'action', 'policy.helo.action', ['ignore', 'warn', 'reject'], 'warn');
   const slSec = r.section(sec, 'sender_login', 'policy.sender_login', ['enabled']);
   const senderLogin = r.boolean(slSec, 'enabled', 'policy.sender_login.enabled') ?? true;
 
@@ -211,19 +201,4 @@ export function readSmtpdPolicy(r: NodeReader, top: YAMLMap | undefined): SmtpdP
     rateLimit: { ...(messages ? { messages } : {}), ...(recipients ? { recipients } : {}) },
     ...(greylist ? { greylist } : {}),
   };
-}
-
-/** A CIDR list; Postfix's `[::1]/128` notation is accepted too. */
-function cidrList(r: NodeReader, map: YAMLMap | undefined, key: string, path: string): string[] | undefined {
-  const list = r.stringList(map, key, path);
-  if (list === undefined) return undefined;
-  const node = r.node(map, key);
-  const out: string[] = [];
-  for (const [i, raw] of list.entries()) {
-    const text = raw.trim().replace(/^\[([^\]]+)\]/, '$1');
-    const c = parseCidr(text);
-    if (typeof c === 'string') r.fail(isSeq(node) ? (node.items[i] as Node) : node, `${path}: ${c}`);
-    else out.push(`${c.address}/${c.prefix}`);
-  }
-  return out;
 }

@@ -12,8 +12,7 @@
 // Pass is DUNNO, never OK (OK would skip the restrictions after us), plus a
 // Received-SPF PREPEND once per message. Reject texts carry no address:
 // Postfix itself prefixes "<address>: Recipient address rejected: ".
-import { BlockList, isIP } from 'node:net';
-import { normalizeIp } from '../auth/policy.ts';
+import { NetworkList } from '../core/network.ts';
 import { checkDnsbl, checkRhsbl, type DnsblResult } from '../dns/dnsbl.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import { normalizeDomain, parseAddress } from '../core/address.ts';
@@ -90,8 +89,8 @@ export class PolicyEngine {
   readonly #resolver: DnsResolver;
   readonly #state: PolicyStateStore | undefined;
   readonly #now: () => number;
-  readonly #mynetworks: BlockList;
-  readonly #spfSkip: BlockList;
+  readonly #mynetworks: NetworkList;
+  readonly #spfSkip: NetworkList;
   /** Names a client must not claim in HELO: our host name (and, looked up per request, every domain we host). */
   readonly #ourNames: string[];
   /** Per-client and per-sender verdicts of the last minute (src/policy/verdict-cache.ts); gone on reload. */
@@ -109,8 +108,8 @@ export class PolicyEngine {
     this.#state = deps.state;
     this.#now = deps.now ?? Date.now;
     if (deps.spfMemory) this.#verdicts.spf = deps.spfMemory;
-    this.#mynetworks = blockList(deps.config.mynetworks);
-    this.#spfSkip = blockList(deps.config.spf.skipNetworks);
+    this.#mynetworks = new NetworkList(deps.config.mynetworks);
+    this.#spfSkip = new NetworkList(deps.config.spf.skipNetworks);
     this.#ourNames = [deps.config.myhostname.toLowerCase()];
     const c = deps.config;
     if ((c.rateLimit.messages || c.rateLimit.recipients || c.greylist) && !deps.state) {
@@ -132,7 +131,7 @@ export class PolicyEngine {
   }
 
   isTrustedNetwork(ip: string): boolean {
-    return inList(this.#mynetworks, ip);
+    return this.#mynetworks.has(ip);
   }
 
   async #rcpt(req: PolicyRequest, msg: MessageState): Promise<PolicyDecision> {
@@ -248,7 +247,7 @@ export class PolicyEngine {
     const r = this.#resolver;
     const now = this.#now();
     const senderDomain = req.sender === '' ? undefined : parseAddress(req.sender)?.domain ?? normalizeDomain(req.sender.slice(req.sender.lastIndexOf('@') + 1));
-    const runSpf = c.spf.enabled && !inList(this.#spfSkip, ip);
+    const runSpf = c.spf.enabled && !this.#spfSkip.has(ip);
     const spfInput = { clientIp: ip, helo: req.heloName, sender: req.sender, receiver: c.myhostname };
     const caches = this.#verdicts;
     const cleanList = (x: DnsblResult) => x.errors.length === 0;
@@ -384,21 +383,6 @@ function listFacts(r: DnsblResult): Record<string, unknown> {
 
 function spfFacts(v: SpfVerdict): Record<string, unknown> {
   return { result: v.result, identity: v.identity, domain: v.domain, comment: v.comment, lookups: v.lookups, ms: Math.round(v.elapsedMs) };
-}
-
-function blockList(cidrs: readonly string[]): BlockList {
-  const list = new BlockList();
-  for (const text of cidrs) {
-    const [address, prefix] = text.split('/') as [string, string];
-    list.addSubnet(address, Number(prefix), isIP(address) === 6 ? 'ipv6' : 'ipv4');
-  }
-  return list;
-}
-
-function inList(list: BlockList, text: string): boolean {
-  const ip = normalizeIp(text);
-  if (!ip) return false;
-  return list.check(ip, isIP(ip) === 6 ? 'ipv6' : 'ipv4');
 }
 
 function loginKey(login: string): string {

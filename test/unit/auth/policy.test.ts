@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { BLOCK_MESSAGE, BruteForcePolicy, DEFAULT_POLICY, parseCidr, subnetOf, type PolicySettings } from '../../../src/auth/policy.ts';
+import { BLOCK_MESSAGE, BruteForcePolicy, DEFAULT_POLICY, subnetOf, type PolicySettings } from '../../../src/auth/policy.ts';
+import { parseCidr } from '../../../src/core/network.ts';
 import { parseConfig } from '../../../src/config/load.ts';
 
 const MIN = 60_000;
