@@ -18,6 +18,7 @@ import { MailwardenDict } from '../dict/handler.ts';
 import { createResolver } from '../dns/resolver.ts';
 import { cachedResolver, type CachedDnsResolver } from '../dns/cache.ts';
 import { PolicyEngine } from '../policy/engine.ts';
+import { needsPolicyState } from '../policy/config.ts';
 import { policyDecider } from '../policy/decider.ts';
 import { startPolicyServer } from '../policy/server.ts';
 import { openPolicyState } from '../state/open.ts';
@@ -125,10 +126,6 @@ export class Daemon {
 
   /** The shared DNS resolver and cache (the policy service and the milter use the same one). */
   dnsResolver(config: Config): CachedDnsResolver {
-    return this.#resolver(config);
-  }
-
-  #resolver(config: Config): CachedDnsResolver {
     const key = JSON.stringify(config.dns);
     if (this.#dns?.key !== key) {
       const upstream = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
@@ -140,7 +137,7 @@ export class Daemon {
   /** Opens the policy state store for this directory when the policy service needs one. */
   async #preparePolicyState(config: Config, directory: OpenedDirectory): Promise<PolicyStateStore | undefined> {
     const p = config.policy;
-    if (!p || (!p.rateLimit.messages && !p.rateLimit.recipients && !p.greylist)) return undefined;
+    if (!p || !needsPolicyState(p)) return undefined;
     if (this.#policyState?.directory === directory) return this.#policyState.store;
     const store = await openPolicyState(config.directory, directory, this.log.child({ component: 'policy-state' }));
     return store;
@@ -197,7 +194,7 @@ export class Daemon {
           spfMemory,
           config: config.policy,
           lookups,
-          resolver: this.#resolver(config),
+          resolver: this.dnsResolver(config),
           ...(this.#policyState?.directory === directory ? { state: this.#policyState.store } : {}),
         })
       : undefined;

@@ -81,6 +81,11 @@ export const GREYLIST_CONFIG_DEFAULTS: GreylistConfig = {
   ipv6Prefix: 64,
 };
 
+/** Rate limits and greylisting keep shared state (src/state); the other checks need none. */
+export function needsPolicyState(p: SmtpdPolicyConfig): boolean {
+  return Boolean(p.rateLimit.messages || p.rateLimit.recipients || p.greylist);
+}
+
 const POLICY_KEYS = [
   'default_action', 'timeout', 'myhostname', 'mynetworks', 'recipients', 'spf', 'dnsbl', 'rhsbl', 'fcrdns', 'helo',
   'sender_login', 'rate_limit', 'greylist',

@@ -25,7 +25,7 @@ import { checkHelo, type HeloVerdict } from '../checks/helo.ts';
 import { checkSendRate, recordMessage } from '../checks/rate-limit.ts';
 import { checkGreylist } from '../checks/greylist.ts';
 import type { PolicyStateStore } from '../state/types.ts';
-import type { DnsListPolicy, SmtpdPolicyConfig } from './config.ts';
+import { needsPolicyState, type DnsListPolicy, type SmtpdPolicyConfig } from './config.ts';
 import type { PolicyRequest } from './request.ts';
 import { VerdictCache } from './verdict-cache.ts';
 import { spfMemoryKey, type SpfMemory } from '../checks/spf-memory.ts';
@@ -112,7 +112,7 @@ export class PolicyEngine {
     this.#spfSkip = new NetworkList(deps.config.spf.skipNetworks);
     this.#ourNames = [deps.config.myhostname.toLowerCase()];
     const c = deps.config;
-    if ((c.rateLimit.messages || c.rateLimit.recipients || c.greylist) && !deps.state) {
+    if (needsPolicyState(c) && !deps.state) {
       throw new Error('policy: rate limits and greylisting need the shared state store');
     }
   }

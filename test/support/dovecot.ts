@@ -43,6 +43,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { freePort } from "./ports.ts";
+import { killStrayMasters } from "./strays.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "..", "..");
 /** The shipped Lua bridge and 2.3 passdb/userdb snippet. */
@@ -476,49 +477,18 @@ export async function withDovecotLogs<T>(dovecot: Pick<DovecotInstance, "logs">,
  * and removes every mailwarden-dovecot-<runId>- temp dir. Call it only once
  * that run's tests are finished. Returns how many masters were killed.
  */
-export async function killStrayDovecot(runId: string): Promise<number> {
+export function killStrayDovecot(runId: string): Promise<number> {
   const prefix = `mailwarden-dovecot-${runId}-`;
   const marker = path.join(os.tmpdir(), prefix);
-  const victims: number[] = [];
-  let entries: string[] = [];
-  try {
-    entries = readdirSync("/proc");
-  } catch {
-    return 0;
-  }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/comm`, "latin1").trim() !== "dovecot") continue;
-      const argv = readFileSync(`/proc/${entry}/cmdline`, "latin1").split("\0");
+  return killStrayMasters({
+    comm: "dovecot",
+    tmpPrefix: prefix,
+    belongsToRun: (pid) => {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, "latin1").split("\0");
       const c = argv.indexOf("-c");
-      if (c < 0 || !(argv[c + 1] ?? "").startsWith(marker)) continue;
-      process.kill(Number(entry), "SIGTERM");
-      victims.push(Number(entry));
-    } catch {}
-  }
-  // A dead master may linger as a zombie (nobody reaps orphans here): treat "Z" as gone.
-  const alive = (pid: number): boolean => {
-    try {
-      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "latin1"));
-    } catch {
-      return false;
-    }
-  };
-  const deadline = Date.now() + 5000;
-  while (victims.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  for (const pid of victims) {
-    // The harness starts each master as its process group leader: take the children too.
-    try {
-      process.kill(-pid, "SIGKILL");
-    } catch {}
-  }
-  for (const name of readdirSync(os.tmpdir())) {
-    if (name.startsWith(prefix)) {
-      await rm(path.join(os.tmpdir(), name), { recursive: true, force: true, maxRetries: 3, retryDelay: 100 }).catch(() => undefined);
-    }
-  }
-  return victims.length;
+      return c >= 0 && (argv[c + 1] ?? "").startsWith(marker);
+    },
+  });
 }
 
 // ---- the shipped Lua bridge, configured for a test ----

@@ -26,6 +26,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { freePort } from "./ports.ts";
+import { killStrayMasters } from "./strays.ts";
 
 export interface CommandResult {
   code: number;
@@ -436,50 +437,14 @@ export async function withPostfixLogs<T>(postfix: Pick<PostfixInstance, "logs">,
  * dir. Call it only once that run's tests are finished. Returns how many
  * masters were killed.
  */
-export async function killStrayPostfix(runId: string): Promise<number> {
-  const marker = `MAIL_CONFIG=${path.join(os.tmpdir(), `mailwarden-postfix-${runId}-`)}`;
-  const victims: { pid: number; dir: string }[] = [];
-  let entries: string[] = [];
-  try {
-    entries = readdirSync("/proc");
-  } catch {
-    return 0;
-  }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/comm`, "latin1").trim() !== "master") continue;
-      const env = readFileSync(`/proc/${entry}/environ`, "latin1").split("\0");
-      const cfg = env.find((e) => e.startsWith(marker));
-      if (cfg === undefined) continue;
-      process.kill(Number(entry), "SIGTERM");
-      victims.push({ pid: Number(entry), dir: path.dirname(cfg.slice("MAIL_CONFIG=".length)) });
-    } catch {}
-  }
-  // A dead master may linger as a zombie (nobody reaps daemons here): treat "Z" as gone.
-  const alive = (pid: number): boolean => {
-    try {
-      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "latin1"));
-    } catch {
-      return false;
-    }
-  };
-  const deadline = Date.now() + 5000;
-  while (victims.some((v) => alive(v.pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  for (const v of victims) {
-    try {
-      if (alive(v.pid)) process.kill(-v.pid, "SIGKILL");
-    } catch {}
-    await rm(v.dir, { recursive: true, force: true, maxRetries: 3, retryDelay: 100 }).catch(() => undefined);
-  }
-  // Whatever is left of this run's instances is garbage once its tests are done.
+export function killStrayPostfix(runId: string): Promise<number> {
   const prefix = `mailwarden-postfix-${runId}-`;
-  for (const name of readdirSync(os.tmpdir())) {
-    if (name.startsWith(prefix)) {
-      await rm(path.join(os.tmpdir(), name), { recursive: true, force: true }).catch(() => undefined);
-    }
-  }
-  return victims.length;
+  const marker = `MAIL_CONFIG=${path.join(os.tmpdir(), prefix)}`;
+  return killStrayMasters({
+    comm: "master",
+    tmpPrefix: prefix,
+    belongsToRun: (pid) => readFileSync(`/proc/${pid}/environ`, "latin1").split("\0").some((e) => e.startsWith(marker)),
+  });
 }
 
 export interface SendMailOptions {

@@ -8,6 +8,7 @@ import { createLogger } from '../../logging/logger.ts';
 import { LookupService } from '../../lookup/service.ts';
 import { newMessageState, PolicyEngine } from '../../policy/engine.ts';
 import { policyRequest } from '../../policy/request.ts';
+import { needsPolicyState } from '../../policy/config.ts';
 import { openPolicyState } from '../../state/open.ts';
 import { CliError, EXIT, printJson, type CliContext } from '../context.ts';
 
@@ -46,7 +47,7 @@ export function registerPolicy(program: Command, ctx: () => CliContext): void {
       const lookups = new LookupService(directory, { recipientDelimiter: config.recipientDelimiter, cacheTtlMs: 0, cacheSize: 0 }, createLogger('silent'));
       const resolver = cachedResolver(createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs }), { maxEntries: 10_000, minTtlS: 0, maxTtlS: 3600, negativeTtlS: 60 });
       const p = config.policy;
-      const needsState = Boolean(p.rateLimit.messages || p.rateLimit.recipients || p.greylist);
+      const needsState = needsPolicyState(p);
       const state = needsState && o.record ? await openPolicyState(config.directory, directory, createLogger('silent')) : undefined;
       // Without --record, greylisting and rate limits are left out rather than faked.
       const engineConfig = state || !needsState ? p : { ...p, rateLimit: {}, greylist: undefined };
