@@ -82,7 +82,13 @@ export class YamlDirectory implements DirectoryBackend {
     return this.#snapshot;
   }
 
-  // --- hot-path reads ---
+  // --- hot-path reads; `sync` lets the lookup maps answer without a promise ---
+  readonly sync = {
+    findDomain: (name: string) => this.#snapshot.domains.get(name),
+    findMailbox: (address: string) => this.#snapshot.mailboxes.get(address),
+    findAlias: (address: string) => this.#snapshot.aliases.get(address),
+    findSenderGrants: (address: string): readonly SenderGrant[] => this.#snapshot.grantsByAddress.get(address) ?? [],
+  };
   async findDomain(name: string) { return this.#snapshot.domains.get(name); }
   async findMailbox(address: string) { return this.#snapshot.mailboxes.get(address); }
   async findAlias(address: string) { return this.#snapshot.aliases.get(address); }

@@ -13,7 +13,9 @@ interface Entry {
 export class LookupCache {
   readonly #ttlMs: number;
   readonly #maxEntries: number;
-  #entries = new Map<string, Entry>();
+  /** One Map per table: no `${map} ${key}` string to build on every lookup. */
+  #entries = new Map<MapName, Map<string, Entry>>();
+  #size = 0;
   /** Bumped on every flush, so an answer fetched before a change is not stored after it. */
   #generation = 0;
   hits = 0;
@@ -25,7 +27,7 @@ export class LookupCache {
   }
 
   get size(): number {
-    return this.#entries.size;
+    return this.#size;
   }
 
   get generation(): number {
@@ -33,7 +35,7 @@ export class LookupCache {
   }
 
   get(map: MapName, key: string, now: number): LookupResult | undefined {
-    const entry = this.#entries.get(`${map} ${key}`);
+    const entry = this.#entries.get(map)?.get(key);
     if (entry && entry.expires > now) {
       this.hits++;
       return entry.result;
@@ -44,18 +46,24 @@ export class LookupCache {
 
   set(map: MapName, key: string, result: LookupResult, generation: number, now: number): void {
     if (generation !== this.#generation || this.#maxEntries === 0 || this.#ttlMs === 0) return;
-    const k = `${map} ${key}`;
-    // Map keeps insertion order: evicting the first key drops the oldest entry (FIFO, no per-hit bookkeeping).
-    this.#entries.delete(k);
-    this.#entries.set(k, { result, expires: now + this.#ttlMs });
-    if (this.#entries.size > this.#maxEntries) {
-      const oldest = this.#entries.keys().next();
-      if (!oldest.done) this.#entries.delete(oldest.value);
+    let table = this.#entries.get(map);
+    if (!table) this.#entries.set(map, (table = new Map()));
+    // Map keeps insertion order: evicting the first key drops the table's oldest entry (FIFO, no per-hit bookkeeping).
+    if (table.delete(key)) this.#size--;
+    table.set(key, { result, expires: now + this.#ttlMs });
+    this.#size++;
+    if (this.#size > this.#maxEntries) {
+      const oldest = table.keys().next();
+      if (!oldest.done) {
+        table.delete(oldest.value);
+        this.#size--;
+      }
     }
   }
 
   flush(): void {
     this.#generation++;
     this.#entries = new Map();
+    this.#size = 0;
   }
 }

@@ -6,7 +6,7 @@ import {
   addressKey, catchAllKey, formatAddress, normalizeDomain, parseAddress, splitExtension, withExtension,
   type MailAddress,
 } from '../core/address.ts';
-import type { Alias, DirectoryReader, Domain, Mailbox } from '../directory/types.ts';
+import type { Alias, DirectoryReader, Domain, Mailbox, SenderGrant } from '../directory/types.ts';
 
 export const MAP_NAMES = [
   'virtual_mailbox_domains',
@@ -40,30 +40,113 @@ export interface MapOptions {
   readonly recipientDelimiter: string;
 }
 
+/**
+ * The rows one lookup reads, synchronously. An in-memory directory answers at
+ * once; for a remote one, FetchingView throws NEED_ROWS for a row it has not
+ * fetched yet and the lookup is replayed once it has (a few µs of CPU against
+ * a round trip), so the map semantics below are written once, without awaits.
+ */
+export interface SyncDirectoryReader {
+  findDomain(name: string): Domain | undefined;
+  findMailbox(address: string): Mailbox | undefined;
+  findAlias(address: string): Alias | undefined;
+  findSenderGrants(address: string): readonly SenderGrant[];
+}
+
+/** A directory whose point reads are plain memory reads offers them synchronously as `sync`. */
+export interface MaybeSyncReader extends DirectoryReader {
+  readonly sync?: SyncDirectoryReader;
+}
+
+/** Thrown (never as an Error: no stack to capture) when a row has not been fetched yet. */
+const NEED_ROWS = Symbol('need rows');
+
+/** Replays bound the rows one lookup may fetch; Postfix's own recursion limit is far below. */
+const MAX_FETCH_ROUNDS = 64;
+
+type RowKind = 'domain' | 'mailbox' | 'alias' | 'grants';
+
+class FetchingView implements SyncDirectoryReader {
+  readonly #rows = new Map<string, unknown>();
+  #wanted: Array<[RowKind, string]> = [];
+
+  #get<T>(kind: RowKind, key: string): T {
+    const k = `${kind} ${key}`;
+    if (this.#rows.has(k)) return this.#rows.get(k) as T;
+    this.#wanted.push([kind, key]);
+    throw NEED_ROWS;
+  }
+
+  findDomain(name: string) { return this.#get<Domain | undefined>('domain', name); }
+  findMailbox(address: string) { return this.#get<Mailbox | undefined>('mailbox', address); }
+  findAlias(address: string) { return this.#get<Alias | undefined>('alias', address); }
+  findSenderGrants(address: string) { return this.#get<readonly SenderGrant[]>('grants', address); }
+
+  /** Fetches what the last attempt asked for (one row: lookups stop at the first missing one). */
+  async fetch(dir: DirectoryReader): Promise<void> {
+    const wanted = this.#wanted;
+    this.#wanted = [];
+    await Promise.all(wanted.map(async ([kind, key]) => {
+      const row = kind === 'domain' ? await dir.findDomain(key)
+        : kind === 'mailbox' ? await dir.findMailbox(key)
+        : kind === 'alias' ? await dir.findAlias(key)
+        : await dir.findSenderGrants(key);
+      this.#rows.set(`${kind} ${key}`, row);
+    }));
+  }
+}
+
 export class DirectoryMaps {
   readonly #dir: DirectoryReader;
+  readonly #sync: SyncDirectoryReader | undefined;
   readonly #delimiter: string;
 
-  constructor(dir: DirectoryReader, options: MapOptions) {
+  constructor(dir: MaybeSyncReader, options: MapOptions) {
     this.#dir = dir;
+    this.#sync = dir.sync;
     this.#delimiter = options.recipientDelimiter;
   }
 
-  lookup(map: MapName, key: string): Promise<LookupResult> {
+  /** True when lookupSync() can answer (an in-memory directory). */
+  get synchronous(): boolean {
+    return this.#sync !== undefined;
+  }
+
+  async lookup(map: MapName, key: string): Promise<LookupResult> {
+    if (this.#sync) return this.#decide(map, key, this.#sync);
+    const view = new FetchingView();
+    for (let round = 0; round < MAX_FETCH_ROUNDS; round++) {
+      try {
+        return this.#decide(map, key, view);
+      } catch (err) {
+        if (err !== NEED_ROWS) throw err;
+      }
+      await view.fetch(this.#dir);
+    }
+    throw new Error(`lookup ${map} ${key} needed more than ${MAX_FETCH_ROUNDS} directory reads`);
+  }
+
+  /** The answer without waiting; only for a synchronous (in-memory) directory. */
+  lookupSync(map: MapName, key: string): LookupResult {
+    if (!this.#sync) throw new Error('lookupSync needs an in-memory directory');
+    return this.#decide(map, key, this.#sync);
+  }
+
+  #decide(map: MapName, key: string, v: SyncDirectoryReader): LookupResult {
     switch (map) {
-      case 'virtual_mailbox_domains': return this.mailboxDomain(key);
-      case 'virtual_alias_domains': return this.aliasDomain(key);
-      case 'virtual_mailbox_maps': return this.mailbox(key);
-      case 'virtual_alias_maps': return this.alias(key);
-      case 'smtpd_sender_login_maps': return this.senderLogins(key);
+      case 'virtual_mailbox_domains': return this.#mailboxDomain(key, v);
+      case 'virtual_alias_domains': return this.#aliasDomain(key, v);
+      case 'virtual_mailbox_maps': return this.#mailbox(key, v);
+      case 'virtual_alias_maps': return this.#alias(key, v);
+      case 'smtpd_sender_login_maps': return this.#senderLogins(key, v);
     }
   }
 
   /** A domain we deliver to (virtual_mailbox_domains). Parent domains never match: no wildcard hosting. */
-  async mailboxDomain(key: string): Promise<LookupResult> {
+  #mailboxDomain(key: string, v: SyncDirectoryReader): LookupResult {
     const name = normalizeDomain(key);
     if (!name) return notFound('not a domain name');
-    const d = await this.#dir.findDomain(name);
+    const d = v.findDomain(name);
     if (!d) return notFound('domain not hosted');
     if (d.aliasFor) return notFound(`alias domain for ${d.aliasFor} (answered by virtual_alias_domains)`);
     if (!d.enabled) return notFound('domain disabled');
@@ -71,24 +154,24 @@ export class DirectoryMaps {
   }
 
   /** A domain whose addresses are rewritten to another domain (virtual_alias_domains). */
-  async aliasDomain(key: string): Promise<LookupResult> {
+  #aliasDomain(key: string, v: SyncDirectoryReader): LookupResult {
     const name = normalizeDomain(key);
     if (!name) return notFound('not a domain name');
-    const d = await this.#dir.findDomain(name);
+    const d = v.findDomain(name);
     if (!d?.aliasFor) return notFound(d ? 'mailbox domain (answered by virtual_mailbox_domains)' : 'domain not hosted');
     if (!d.enabled) return notFound('alias domain disabled');
-    const target = await this.#dir.findDomain(d.aliasFor);
+    const target = v.findDomain(d.aliasFor);
     if (!target || !target.enabled || target.aliasFor) return notFound(`alias domain target ${d.aliasFor} not an enabled mailbox domain`);
     return found(d.aliasFor, `alias domain for ${d.aliasFor}`);
   }
 
   /** Recipient with a mailbox here (virtual_mailbox_maps); the value is a Maildir path relative to virtual_mailbox_base. */
-  async mailbox(key: string): Promise<LookupResult> {
+  #mailbox(key: string, v: SyncDirectoryReader): LookupResult {
     const addr = parseAddress(key);
     if (!addr) return notFound('not an address');
-    const domain = await this.#localDomain(addr.domain);
+    const domain = localDomain(addr.domain, v);
     if (typeof domain === 'string') return notFound(domain);
-    const hit = await this.#findMailbox(addr);
+    const hit = this.#findMailbox(addr, v);
     if (!hit) return notFound('no such mailbox');
     if (!hit.mailbox.enabled) return notFound(`mailbox ${hit.mailbox.address} disabled`);
     return found(`${addr.domain}/${maildirName(hit.base)}/`, `mailbox ${hit.mailbox.address}${hit.stripped ? ` (extension stripped)` : ''}`);
@@ -101,13 +184,13 @@ export class DirectoryMaps {
    * how a real mailbox wins over the catch-all. A disabled mailbox or alias
    * also answers NOTFOUND, so it never falls through to the catch-all.
    */
-  async alias(key: string): Promise<LookupResult> {
+  #alias(key: string, v: SyncDirectoryReader): LookupResult {
     const addr = parseAddress(key);
     if (!addr) return notFound('not an address');
-    const d = await this.#dir.findDomain(addr.domain);
+    const d = v.findDomain(addr.domain);
     if (!d || !d.enabled) return notFound(d ? 'domain disabled' : 'domain not hosted');
-    if (d.aliasFor) return this.#aliasDomainRewrite(addr, d);
-    const r = await this.#resolveLocal(addr);
+    if (d.aliasFor) return this.#aliasDomainRewrite(addr, d, v);
+    const r = this.#resolveLocal(addr, v);
     switch (r.kind) {
       case 'alias':
         return found(r.targets.join(','), `alias ${r.alias.address}${r.extension ? ' (extension propagated)' : ''}`);
@@ -123,16 +206,16 @@ export class DirectoryMaps {
   }
 
   /** Owners of an envelope sender (smtpd_sender_login_maps): the value is the SASL logins allowed to use it. */
-  async senderLogins(key: string): Promise<LookupResult> {
+  #senderLogins(key: string, v: SyncDirectoryReader): LookupResult {
     const addr = parseAddress(key);
     if (!addr) return notFound('not an address');
-    const d = await this.#dir.findDomain(addr.domain);
+    const d = v.findDomain(addr.domain);
     if (!d || !d.enabled) return notFound(d ? 'domain disabled' : 'domain not hosted');
     const owners = new Set<string>();
     const why: string[] = [];
     let local: MailAddress = addr;
     if (d.aliasFor) {
-      const target = await this.#dir.findDomain(d.aliasFor);
+      const target = v.findDomain(d.aliasFor);
       if (!target?.enabled) return notFound(`alias domain target ${d.aliasFor} disabled`);
       local = { local: addr.local, domain: d.aliasFor };
       why.push(`alias domain ${d.name} -> ${d.aliasFor}`);
@@ -141,21 +224,21 @@ export class DirectoryMaps {
     const split = splitExtension(local.local, this.#delimiter);
     if (split) grantKeys.add(addressKey({ local: split.base, domain: local.domain }));
     for (const k of grantKeys) {
-      for (const g of await this.#dir.findSenderGrants(k)) {
+      for (const g of v.findSenderGrants(k)) {
         owners.add(g.login);
         why.push(`grant ${g.address} -> ${g.login}`);
       }
     }
-    await this.#collectOwners(local, owners, why, new Set(), 0);
+    this.#collectOwners(local, owners, why, new Set(), 0, v);
     if (owners.size === 0) return notFound(why.length ? why.join('; ') : 'no mailbox, alias or grant owns this address');
     return found([...owners].join(','), why.join('; '));
   }
 
-  async #collectOwners(addr: MailAddress, owners: Set<string>, why: string[], seen: Set<string>, depth: number): Promise<void> {
+  #collectOwners(addr: MailAddress, owners: Set<string>, why: string[], seen: Set<string>, depth: number, v: SyncDirectoryReader): void {
     const k = addressKey(addr);
     if (seen.has(k) || depth > MAX_OWNER_DEPTH) return;
     seen.add(k);
-    const r = await this.#resolveLocal(addr);
+    const r = this.#resolveLocal(addr, v);
     if (r.kind === 'mailbox' && r.mailbox.enabled) {
       owners.add(r.mailbox.address);
       why.push(`mailbox ${r.mailbox.address}`);
@@ -164,62 +247,62 @@ export class DirectoryMaps {
       for (const target of r.alias.targets) {
         const t = parseAddress(target);
         if (!t) continue;
-        const td = await this.#dir.findDomain(t.domain);
+        const td = v.findDomain(t.domain);
         if (!td?.enabled) continue;
         const resolved = td.aliasFor ? { local: t.local, domain: td.aliasFor } : t;
-        await this.#collectOwners(resolved, owners, why, seen, depth + 1);
+        this.#collectOwners(resolved, owners, why, seen, depth + 1, v);
       }
     }
     // A catch-all target does not own every address of the domain: use a sender grant for that.
   }
 
   /** x@alias.domain → x@target.domain, but only for recipients the target would accept (no backscatter). */
-  async #aliasDomainRewrite(addr: MailAddress, d: Domain): Promise<LookupResult> {
-    const target = await this.#dir.findDomain(d.aliasFor!);
+  #aliasDomainRewrite(addr: MailAddress, d: Domain, v: SyncDirectoryReader): LookupResult {
+    const target = v.findDomain(d.aliasFor!);
     if (!target || !target.enabled || target.aliasFor) return notFound(`alias domain target ${d.aliasFor} not an enabled mailbox domain`);
     const rewritten: MailAddress = { local: addr.local, domain: target.name };
-    const r = await this.#resolveLocal(rewritten);
+    const r = this.#resolveLocal(rewritten, v);
     const deliverable = r.kind === 'alias' || r.kind === 'catch-all' || (r.kind === 'mailbox' && r.mailbox.enabled);
     if (!deliverable) return notFound(`alias domain ${d.name} -> ${target.name}: ${addressKey(rewritten)} not deliverable`);
     return found(formatAddress(rewritten), `alias domain ${d.name} -> ${target.name}`);
   }
 
-  async #localDomain(name: string): Promise<Domain | string> {
-    const d = await this.#dir.findDomain(name);
-    if (!d) return 'domain not hosted';
-    if (d.aliasFor) return `alias domain for ${d.aliasFor}`;
-    if (!d.enabled) return 'domain disabled';
-    return d;
-  }
-
-  async #findMailbox(addr: MailAddress): Promise<{ mailbox: Mailbox; base: string; stripped: boolean } | undefined> {
-    const exact = await this.#dir.findMailbox(addressKey(addr));
+  #findMailbox(addr: MailAddress, v: SyncDirectoryReader): { mailbox: Mailbox; base: string; stripped: boolean } | undefined {
+    const exact = v.findMailbox(addressKey(addr));
     if (exact) return { mailbox: exact, base: addr.local, stripped: false };
     const split = splitExtension(addr.local, this.#delimiter);
     if (!split) return undefined;
-    const base = await this.#dir.findMailbox(addressKey({ local: split.base, domain: addr.domain }));
+    const base = v.findMailbox(addressKey({ local: split.base, domain: addr.domain }));
     return base ? { mailbox: base, base: split.base, stripped: true } : undefined;
   }
 
   /** The local-domain resolution order shared by alias expansion and sender ownership. */
-  async #resolveLocal(addr: MailAddress): Promise<LocalResolution> {
+  #resolveLocal(addr: MailAddress, v: SyncDirectoryReader): LocalResolution {
     const full = addressKey(addr);
-    const exactAlias = await this.#dir.findAlias(full);
+    const exactAlias = v.findAlias(full);
     if (exactAlias) return aliasResolution(exactAlias, undefined);
-    const exactMailbox = await this.#dir.findMailbox(full);
+    const exactMailbox = v.findMailbox(full);
     if (exactMailbox) return { kind: 'mailbox', mailbox: exactMailbox };
     const split = splitExtension(addr.local, this.#delimiter);
     if (split) {
       const baseKey = addressKey({ local: split.base, domain: addr.domain });
-      const baseAlias = await this.#dir.findAlias(baseKey);
+      const baseAlias = v.findAlias(baseKey);
       if (baseAlias) return aliasResolution(baseAlias, split);
-      const baseMailbox = await this.#dir.findMailbox(baseKey);
+      const baseMailbox = v.findMailbox(baseKey);
       if (baseMailbox) return { kind: 'mailbox', mailbox: baseMailbox };
     }
-    const catchAll = await this.#dir.findAlias(catchAllKey(addr.domain));
+    const catchAll = v.findAlias(catchAllKey(addr.domain));
     if (catchAll?.enabled) return { kind: 'catch-all', alias: catchAll, targets: catchAll.targets.map(externalTarget) };
     return { kind: 'none' };
   }
+}
+
+function localDomain(name: string, v: SyncDirectoryReader): Domain | string {
+  const d = v.findDomain(name);
+  if (!d) return 'domain not hosted';
+  if (d.aliasFor) return `alias domain for ${d.aliasFor}`;
+  if (!d.enabled) return 'domain disabled';
+  return d;
 }
 
 type LocalResolution =

@@ -31,30 +31,34 @@ export class LookupService {
 
   /** Throws DirectoryError('unavailable') when the directory cannot answer: callers map that to a temporary failure. */
   async lookup(map: MapName, key: string): Promise<LookupResult> {
+    const now = this.answerNow(map, key);
+    if (now) return now;
     const cache = this.cache;
-    if (!cache) {
-      const result = await this.maps.lookup(map, key);
-      this.#logDecision(map, key, result, false);
-      return result;
-    }
-    const now = Date.now();
-    const hit = cache.get(map, key, now);
-    if (hit) {
-      this.#logDecision(map, key, hit, true);
-      return hit;
-    }
-    const generation = cache.generation;
+    const generation = cache?.generation ?? 0;
     const result = await this.maps.lookup(map, key);
-    cache.set(map, key, result, generation, now);
+    cache?.set(map, key, result, generation, Date.now());
     this.#logDecision(map, key, result, false);
     return result;
   }
 
-  /** A cached answer, synchronously, or undefined (not cached, or no cache): the socketmap's fast path. */
-  peek(map: MapName, key: string): LookupResult | undefined {
-    const hit = this.cache?.get(map, key, Date.now());
-    if (hit) this.#logDecision(map, key, hit, true);
-    return hit;
+  /**
+   * The answer synchronously when it needs no waiting: a cache hit, or any
+   * lookup on an in-memory directory. Undefined means "ask lookup()". This is
+   * the socketmap's fast path: no promise, no microtask.
+   */
+  answerNow(map: MapName, key: string): LookupResult | undefined {
+    const cache = this.cache;
+    const now = Date.now();
+    const hit = cache?.get(map, key, now);
+    if (hit) {
+      this.#logDecision(map, key, hit, true);
+      return hit;
+    }
+    if (!this.maps.synchronous) return undefined;
+    const result = this.maps.lookupSync(map, key);
+    cache?.set(map, key, result, cache.generation, now);
+    this.#logDecision(map, key, result, false);
+    return result;
   }
 
   #logDecision(map: MapName, key: string, result: LookupResult, cached: boolean): void {

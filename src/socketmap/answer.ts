@@ -23,16 +23,26 @@ export async function answerSocketmap(service: LookupService, map: string, key: 
 const frames = new WeakMap<LookupResult, Buffer>();
 
 /**
- * The whole reply frame for a cached answer, synchronously; undefined when the
- * answer is not cached (the caller then takes the async path, answerSocketmap).
+ * The whole reply frame for an answer known without waiting (a cache hit, an
+ * in-memory directory), synchronously; undefined otherwise (the caller then
+ * takes the async path, answerSocketmap).
  */
 export function cachedSocketmapFrame(service: LookupService, map: string, key: string): Buffer | undefined {
   if (!isMapName(map)) return undefined;
-  const hit = service.peek(map, key);
+  let hit: LookupResult | undefined;
+  try {
+    hit = service.answerNow(map, key);
+  } catch {
+    return undefined; // the async path answers it again and turns the failure into TEMP with a log line
+  }
   if (!hit) return undefined;
   let frame = frames.get(hit);
   if (!frame) {
-    frame = encodeNetstring(encodeReply(hit.found && hit.value ? { status: 'OK', data: hit.value } : { status: 'NOTFOUND' }));
+    try {
+      frame = encodeNetstring(encodeReply(hit.found && hit.value ? { status: 'OK', data: hit.value } : { status: 'NOTFOUND' }));
+    } catch {
+      return undefined; // e.g. a value over Postfix's limit: the async path logs it and answers PERM
+    }
     frames.set(hit, frame);
   }
   return frame;

@@ -82,6 +82,7 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
     }
     for (const f of frames) queue.push(f);
     if (queue.length - head > SOCKETMAP_DEFAULTS.maxQueued) socket.pause();
+    if (answerImmediately()) return;
     run().catch((err: unknown) => {
       log.error({ err }, 'socketmap connection failed');
       socket.destroy();
@@ -102,21 +103,51 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
     stopping = true;
     clearTimeout(linger);
     queue = [];
+    head = 0;
+    parsedHead = undefined;
     log.debug('connection closed');
   });
+
+  /** The request at `head`, parsed once even when the fast path hands it to run(). */
+  let parsedHead: ReturnType<typeof parseRequest> | undefined;
+
+  function takeHead(): ReturnType<typeof parseRequest> {
+    const req = parsedHead ?? parseRequest(queue[head]!);
+    parsedHead = undefined;
+    if (++head === queue.length) {
+      queue = [];
+      head = 0;
+    }
+    return req;
+  }
+
+  /**
+   * The fast path: answers, synchronously and in order, every queued request
+   * whose reply is known without waiting (a cache hit, an in-memory directory).
+   * Returns true when nothing is left for the async loop to do.
+   */
+  function answerImmediately(): boolean {
+    if (busy || !s.cachedFrame) return false;
+    while (head < queue.length && socket.writable && !socket.writableNeedDrain) {
+      const req = (parsedHead ??= parseRequest(queue[head]!));
+      if (req instanceof ProtocolError) return false;
+      const frame = s.cachedFrame(req.map, req.key);
+      if (!frame) return false;
+      takeHead();
+      socket.write(frame);
+    }
+    if (!stopping && socket.isPaused() && queue.length - head <= SOCKETMAP_DEFAULTS.maxQueued / 2) socket.resume();
+    return head >= queue.length && !fatal && !draining;
+  }
 
   /** Answers queued requests one at a time, in order. */
   async function run(): Promise<void> {
     if (busy) return;
     busy = true;
     try {
+      if (socket.writableNeedDrain) await drained(socket);
       while (head < queue.length && socket.writable) {
-        const payload = queue[head++]!;
-        if (head === queue.length) {
-          queue = [];
-          head = 0;
-        }
-        const req = parseRequest(payload);
+        const req = takeHead();
         // Cache hits are answered synchronously with a ready-made frame: no promise, no encoding.
         const frame = req instanceof ProtocolError || !s.cachedFrame ? undefined : s.cachedFrame(req.map, req.key);
         if (frame) {

@@ -93,6 +93,7 @@ function faultyDirectory(inner: YamlDirectory): DirectoryBackend {
   const reads = new Set(['findDomain', 'findMailbox', 'findAlias', 'findSenderGrants']);
   return new Proxy(inner, {
     get(target, prop) {
+      if (prop === 'sync') return undefined; // reads must go through the failing promises below, like MariaDB's
       const value: unknown = Reflect.get(target, prop, target);
       if (typeof value !== 'function') return value;
       if (typeof prop === 'string' && reads.has(prop)) {

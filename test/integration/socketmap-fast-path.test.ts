@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
 import { LookupService } from '../../src/lookup/service.ts';
+import type { DirectoryBackend } from '../../src/directory/types.ts';
 import { answerSocketmap, cachedSocketmapFrame } from '../../src/socketmap/answer.ts';
 import { encodeNetstring } from '../../src/socketmap/netstring.ts';
 import { encodeReply } from '../../src/socketmap/protocol.ts';
@@ -20,7 +21,16 @@ test('cached frames equal the async answers, are reused, and vanish on a directo
   const admin = new DirectoryAdmin(yaml);
   await admin.addDomain('example.org');
   await admin.addMailbox('alice@example.org');
-  const service = new LookupService(yaml, { recipientDelimiter: '+', cacheTtlMs: 60_000, cacheSize: 100 }, pino({ level: 'silent' }));
+  // The same data behind promise-only reads, as a remote (MariaDB) directory gives them.
+  const remoteLike = {
+    remote: false,
+    findDomain: (n: string) => yaml.findDomain(n),
+    findMailbox: (a: string) => yaml.findMailbox(a),
+    findAlias: (a: string) => yaml.findAlias(a),
+    findSenderGrants: (a: string) => yaml.findSenderGrants(a),
+    onChange: (l: () => void) => yaml.onChange(l),
+  } as unknown as DirectoryBackend;
+  const service = new LookupService(remoteLike, { recipientDelimiter: '+', cacheTtlMs: 60_000, cacheSize: 100 }, pino({ level: 'silent' }));
 
   const cases: Array<[string, string]> = [
     ['virtual_mailbox_maps', 'alice@example.org'],
@@ -42,5 +52,42 @@ test('cached frames equal the async answers, are reused, and vanish on a directo
   yaml.reload();
   assert.equal(cachedSocketmapFrame(service, 'virtual_mailbox_maps', 'nobody@example.org'), undefined, 'a change flushes the cache');
   assert.equal((await answerSocketmap(service, 'virtual_mailbox_maps', 'nobody@example.org')).status, 'OK');
+  await yaml.close();
+});
+
+test('an in-memory directory is answered synchronously, uncached or cached, and a reload is seen at once', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mw-fast-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const yaml = YamlDirectory.open(join(dir, 'directory.yaml'));
+  const admin = new DirectoryAdmin(yaml);
+  await admin.addDomain('example.org');
+  await admin.addMailbox('alice@example.org');
+  await admin.addAlias('info@example.org', ['alice@example.org', 'bob@elsewhere.test']);
+  const log = pino({ level: 'silent' });
+  const cached = new LookupService(yaml, { recipientDelimiter: '+', cacheTtlMs: 60_000, cacheSize: 100 }, log);
+  const uncached = new LookupService(yaml, { recipientDelimiter: '+', cacheTtlMs: 0, cacheSize: 0 }, log);
+  const cases: Array<[string, string]> = [
+    ['virtual_mailbox_maps', 'alice@example.org'],
+    ['virtual_mailbox_maps', 'alice+x@example.org'],
+    ['virtual_alias_maps', 'info+tag@example.org'],
+    ['virtual_alias_maps', 'nobody@example.org'],
+    ['virtual_mailbox_domains', 'example.org'],
+    ['smtpd_sender_login_maps', 'info@example.org'],
+  ];
+  for (const service of [cached, uncached]) {
+    for (const [map, key] of cases) {
+      const fast = cachedSocketmapFrame(service, map, key);
+      assert.ok(fast, `${map} ${key}: answered without waiting`);
+      assert.deepEqual(fast, encodeNetstring(encodeReply(await answerSocketmap(service, map, key))), `${map} ${key}`);
+    }
+  }
+  const before = cachedSocketmapFrame(cached, 'virtual_mailbox_maps', 'nobody@example.org');
+  assert.deepEqual(before, encodeNetstring(encodeReply({ status: 'NOTFOUND' })));
+  await admin.addMailbox('nobody@example.org');
+  yaml.reload();
+  for (const service of [cached, uncached]) {
+    assert.deepEqual(cachedSocketmapFrame(service, 'virtual_mailbox_maps', 'nobody@example.org'),
+      encodeNetstring(encodeReply({ status: 'OK', data: 'example.org/nobody/' })));
+  }
   await yaml.close();
 });

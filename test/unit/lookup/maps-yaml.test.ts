@@ -21,6 +21,32 @@ test('Postfix table answers over the YAML backend', async (t) => {
   }
 });
 
+test('the replayed (remote-directory) path answers exactly what the in-memory path answers', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mw-maps-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const backend = YamlDirectory.open(join(dir, 'directory.yaml'));
+  await seedFixture(new DirectoryAdmin(backend));
+  let reads = 0;
+  const counted = <T>(v: Promise<T>): Promise<T> => { reads++; return v; };
+  // Promise-only reads, like MariaDB's: DirectoryMaps fetches row by row and replays its decision.
+  const remote = {
+    findDomain: (n: string) => counted(backend.findDomain(n)),
+    findMailbox: (a: string) => counted(backend.findMailbox(a)),
+    findAlias: (a: string) => counted(backend.findAlias(a)),
+    findSenderGrants: (a: string) => counted(backend.findSenderGrants(a)),
+  };
+  const viaRows = new DirectoryMaps(remote, { recipientDelimiter: '+' });
+  const inMemory = new DirectoryMaps(backend, { recipientDelimiter: '+' });
+  assert.equal(inMemory.synchronous, true);
+  assert.equal(viaRows.synchronous, false);
+  for (const [map, key] of EXPECTED) {
+    const before = reads;
+    assert.deepEqual(await viaRows.lookup(map, key), inMemory.lookupSync(map, key), `${map} ${JSON.stringify(key)}`);
+    assert.ok(reads - before <= 16, `${map} ${key}: ${reads - before} reads`);
+  }
+  assert.throws(() => viaRows.lookupSync('virtual_mailbox_maps', 'alice@example.org'));
+});
+
 test('recipient_delimiter "" turns extensions off; several delimiters work', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'mw-maps-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
