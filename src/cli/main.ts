@@ -9,7 +9,6 @@ import { registerDb } from './commands/db.ts';
 import { registerAuth } from './commands/auth.ts';
 import { registerPolicy } from './commands/policy.ts';
 import { registerDkim } from './commands/dkim.ts';
-import { serve } from '../daemon/serve.ts';
 
 export async function main(argv: string[]): Promise<number> {
   let context: CliContext | undefined;
@@ -23,6 +22,8 @@ export async function main(argv: string[]): Promise<number> {
 
   program.command('serve').description('run the configured services (socketmap, auth, dict, policy) in the foreground')
     .action(async () => {
+      // Loaded on demand: the daemon pulls in every protocol and mailauth, which other commands never need.
+      const { serve } = await import('../daemon/serve.ts');
       await serve(ctx().configFile);
     });
 

@@ -2,14 +2,9 @@
 // with every check's result, without Postfix — the operator's way to answer
 // "why was this mail rejected?" before (or after) it happens.
 import type { Command } from 'commander';
-import { createResolver } from '../../dns/resolver.ts';
-import { cachedResolver } from '../../dns/cache.ts';
 import { createLogger } from '../../logging/logger.ts';
-import { LookupService } from '../../lookup/service.ts';
-import { newMessageState, PolicyEngine } from '../../policy/engine.ts';
 import { policyRequest } from '../../policy/request.ts';
 import { needsPolicyState } from '../../policy/config.ts';
-import { openPolicyState } from '../../state/open.ts';
 import { CliError, EXIT, printJson, type CliContext } from '../context.ts';
 
 interface TestOptions {
@@ -40,6 +35,11 @@ export function registerPolicy(program: Command, ctx: () => CliContext): void {
     .option('--record', 'let greylisting and rate limits record this request like a real one')
     .option('--json', 'machine-readable output')
     .action(async (o: TestOptions) => {
+      // The policy engine (mailauth, DNS, state stores) loads only for this command, keeping every other one quick.
+      const [{ createResolver }, { cachedResolver }, { LookupService }, { newMessageState, PolicyEngine }, { openPolicyState }] = await Promise.all([
+        import('../../dns/resolver.ts'), import('../../dns/cache.ts'), import('../../lookup/service.ts'),
+        import('../../policy/engine.ts'), import('../../state/open.ts'),
+      ]);
       const c = ctx();
       const config = c.config;
       if (!config.policy) throw new CliError(`${config.file} has no policy: section`, EXIT.config);
