@@ -10,9 +10,13 @@
 // at most once per message across policy service and milter. Without a
 // remembered verdict SPF is computed with evaluateSpf() (the policy service's
 // strict RFC 7208 mode), started at once so its DNS overlaps the body stream.
+//
+// sealArc() adds our ARC set (RFC 8617) to a message verified with
+// prepareArcSeal, from what the verification kept (body hash, parsed header,
+// chain), as authenticate()'s `seal` option does, without reading it again.
 import { createRequire } from 'node:module';
 import type { Readable } from 'node:stream';
-import { arc, dkimVerify } from 'mailauth';
+import { arc, createSeal, dkimVerify } from 'mailauth';
 import { evaluateDmarc } from 'mailauth/lib/dmarc/index.js';
 import { forMailauth, type DnsResolver } from '../dns/resolver.ts';
 import { evaluateSpf, type SpfVerdict } from './spf.ts';
@@ -40,11 +44,16 @@ export interface MessageAuthOptions {
   /** Shortest RSA key accepted for DKIM and ARC (RFC 8301: 1024). */
   readonly minBitLength?: number;
   /**
-   * rsa-sha1 signatures get dkim=policy (RFC 8301 §3.1). Default false for now: opendkim-testmsg, the
-   * independent signer of the e2e test, only signs rsa-sha1; turn on once that test signs rsa-sha256
-   * through the opendkim milter.
+   * rsa-sha1 signatures get dkim=policy (weak algorithm) and never count for DMARC: RFC 8301 §3.1
+   * says verifiers must not consider them valid. Default true.
    */
   readonly rejectRsaSha1?: boolean;
+  /**
+   * Keep what an ARC seal needs (the relaxed body hash, the parsed header and chain): the verdict
+   * then carries `arcSealing` for sealArc(). Costs one more body hash unless a DKIM signature
+   * already uses relaxed/sha256.
+   */
+  readonly prepareArcSeal?: boolean;
   /** The daemon's memory of SPF verdicts: a verdict for this (IP, HELO, sender) is used, a computed one stored. */
   readonly spfMemory?: SpfMemory;
   /** Wall clock in ms for the memory (tests). */
@@ -86,6 +95,19 @@ export interface MessageAuthVerdict {
   /** The Authentication-Results value (after "Authentication-Results: "), lines joined with CRLF + space. */
   readonly authenticationResults: string;
   readonly elapsedMs: number;
+  /** With prepareArcSeal: the material sealArc() works from (not enumerable: never logged). */
+  readonly arcSealing?: ArcSealMaterial;
+}
+
+/** What mailauth's createSeal() needs from the verification, kept opaque. */
+export interface ArcSealMaterial {
+  readonly headers: unknown;
+  readonly arc: unknown;
+  readonly bodyHash: string | undefined;
+  /** The incoming chain could not be validated for a temporary reason (DNS): its verdict fail is not final. */
+  readonly chainTemporary: boolean;
+  /** Why the incoming chain failed, as mailauth words it. */
+  readonly chainComment?: string;
 }
 
 /** Verifies one message. Never throws for DNS trouble (results become temperror); throws only on a broken stream. */
@@ -96,11 +118,14 @@ export async function verifyMessage(message: Readable | Buffer, input: MessageAu
   // SPF first: remembered, or computed while the message streams in.
   const spfPromise = spfFor(input, resolver, opts);
   spfPromise.catch(() => undefined);
+  // dkimVerify computes the relaxed/sha256 body hash into this object (seal.bodyHash) while the body streams.
+  const seal: { bodyHash?: string } | undefined = opts.prepareArcSeal ? {} : undefined;
   const dkimResult = await dkimVerify(message, {
     resolver: mailauthResolver,
     sender: input.sender,
     minBitLength,
-    rejectRsaSha1: opts.rejectRsaSha1 ?? false,
+    rejectRsaSha1: opts.rejectRsaSha1 ?? true,
+    ...(seal ? { seal } : {}),
   } as never);
   const [spf, arcResult] = await Promise.all([
     spfPromise,
@@ -160,16 +185,109 @@ export async function verifyMessage(message: Readable | Buffer, input: MessageAu
       ...(policy === 'none' || policy === 'quarantine' || policy === 'reject' ? { policy } : {}),
     };
   }
-  return {
+  const arcStatus = (arcResult as { status?: { result?: string; comment?: string } } | undefined)?.status;
+  const verdict: MessageAuthVerdict = {
     dkim,
     spf: spf.verdict?.result ?? 'none',
     spfSource: spf.source,
-    arc: String((arcResult as { status?: { result?: string } } | undefined)?.status?.result ?? 'none'),
+    arc: String(arcStatus?.result ?? 'none'),
     ...(dmarc ? { dmarc } : {}),
     ...(!dmarcResult && dmarcSkipped ? { dmarcSkipped } : {}),
     authenticationResults: rows.length ? `${input.authservId};\r\n ${rows.join(';\r\n ')}` : `${input.authservId}; none`,
     elapsedMs: performance.now() - started,
   };
+  if (seal) {
+    const d = dkimResult as unknown as { headers?: unknown; arc?: { lastEntry?: { messageSignature?: { status?: { result?: string } } } } };
+    const material: ArcSealMaterial = {
+      headers: d.headers,
+      arc: d.arc,
+      bodyHash: seal.bodyHash,
+      // mailauth's arc() calls every failure permanent; it words the permanent ones (bad seal, no key, ...) and
+      // leaves DNS timeouts and SERVFAILs without a comment. A chain must not be sealed cv=fail for those.
+      chainTemporary: arcStatus?.result === 'fail' &&
+        (!arcStatus.comment || d.arc?.lastEntry?.messageSignature?.status?.result === 'temperror'),
+      ...(arcStatus?.comment ? { chainComment: arcStatus.comment } : {}),
+    };
+    Object.defineProperty(verdict, 'arcSealing', { value: material, enumerable: false });
+  }
+  return verdict;
+}
+
+/** The key an ARC set is signed with (a DkimKey of the store fits). */
+export interface ArcSealingKey {
+  readonly domain: string;
+  readonly selector: string;
+  readonly algorithm: string;
+  readonly privateKeyPem: string;
+}
+
+export type ArcSealOutcome =
+  /** `fields`: ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results (`Name: value` CRLF-folded), top first. */
+  | { readonly sealed: true; readonly instance: number; readonly cv: 'none' | 'pass' | 'fail'; readonly fields: readonly string[]; readonly reason?: string }
+  /** Not sealed on purpose (the chain state says so); `reason` says why. */
+  | { readonly sealed: false; readonly reason: string }
+  /** Sealing failed (an unusable key, a broken message): an error for the log. */
+  | { readonly sealed: false; readonly reason: string; readonly error: Error };
+
+/**
+ * Adds our ARC set (RFC 8617 §5.1) on top of the message verifyMessage()
+ * checked with prepareArcSeal: ARC-Authentication-Results = our A-R, cv= from
+ * the incoming chain (none, pass, or fail for a chain that failed for good;
+ * one that could not be validated now, or already carries cv=fail, is not
+ * sealed). Never throws.
+ */
+export async function sealArc(verdict: MessageAuthVerdict, key: ArcSealingKey, opts: { readonly signTime?: Date } = {}): Promise<ArcSealOutcome> {
+  const m = verdict.arcSealing;
+  if (!m || !m.bodyHash) return { sealed: false, reason: 'the message was not prepared for sealing', error: new Error('no ARC sealing material (prepareArcSeal off, or the body hash is missing)') };
+  const chain = verdict.arc.toLowerCase();
+  if (chain !== 'none' && chain !== 'pass' && chain !== 'fail') return { sealed: false, reason: `incoming ARC chain status ${verdict.arc} is not one ARC knows` };
+  if (chain === 'fail' && m.chainTemporary) {
+    return { sealed: false, reason: `incoming ARC chain could not be validated now${m.chainComment ? ` (${m.chainComment})` : ' (DNS)'}: not sealed, a temporary failure must not mark it cv=fail for good` };
+  }
+  try {
+    const result = await createSeal(false, {
+      headers: m.headers,
+      arc: m.arc as never,
+      seal: {
+        signingDomain: key.domain,
+        selector: key.selector,
+        privateKey: key.privateKeyPem,
+        algorithm: key.algorithm,
+        cv: chain,
+        authResults: withArcRow(verdict.authenticationResults, chain),
+        bodyHash: m.bodyHash,
+        signTime: opts.signTime ?? new Date(),
+      } as never,
+    });
+    if (result.headers.length === 0) {
+      const first = result.errors[0]?.err;
+      const code = (first as { code?: string } | undefined)?.code;
+      // RFC 8617 §5.1 step 1: a chain whose newest seal says cv=fail stays as it is.
+      if (code === 'EARCCHAINFAILED') return { sealed: false, reason: 'the newest ARC-Seal already has cv=fail: a failed chain is sealed once' };
+      const error = first instanceof Error ? first : new Error(String(first ?? 'mailauth created no ARC set'));
+      return { sealed: false, reason: `ARC sealing failed: ${error.message}`, error };
+    }
+    const instance = Number(/^ARC-Seal:\s*i=(\d+)/i.exec(result.headers[0] ?? '')?.[1] ?? 0);
+    return {
+      sealed: true,
+      instance,
+      cv: chain,
+      fields: result.headers,
+      ...(chain === 'fail' ? { reason: `incoming ARC chain fails${m.chainComment ? ` (${m.chainComment})` : ''}: sealed with cv=fail (RFC 8617 §5.1.2), so no later hop trusts it` } : {}),
+    };
+  } catch (err) {
+    const error = err instanceof Error ? err : new Error(String(err));
+    return { sealed: false, reason: `ARC sealing failed: ${error.message}`, error };
+  }
+}
+
+/**
+ * RFC 8617 §4.1.1: the ARC-Authentication-Results carries the arc= verdict;
+ * mailauth's lenient mode leaves arc=none out of the A-R, so it is added here.
+ */
+function withArcRow(authResults: string, chain: string): string {
+  if (/;\s*arc=/i.test(authResults)) return authResults;
+  return /;\s*none\s*$/.test(authResults) ? authResults.replace(/;\s*none\s*$/, `; arc=${chain}`) : `${authResults};\r\n arc=${chain}`;
 }
 
 interface DkimRow {

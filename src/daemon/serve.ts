@@ -88,10 +88,10 @@ const SERVICES = {
     start: (d: Daemon, c: Config) => startMilterServer({
       listen: c.milter!,
       log: d.log.child({ service: 'milter' }),
-      // Read at each MAIL, so a reload applies to the next message; same DNS cache as the policy service.
+      // Read at each MAIL, so a reload applies to the next message; same DNS cache as the policy service, same lookups as the socketmap (milter.arc).
       runtime: () => {
         const current = d.state?.config.milter ? d.state.config : c;
-        return milterRuntime(current, d.dnsResolver(current), d.state?.spfMemory);
+        return milterRuntime(current, d.dnsResolver(current), d.state?.spfMemory, d.state?.lookups);
       },
     }),
   },

@@ -191,7 +191,10 @@ const generateKeyPairAsync = promisify(generateKeyPair);
 export const SIGNING_KEYS_RECHECK_MS = 1000;
 
 interface SigningKeysEntry {
+  /** The signing keys (the oldest active one per algorithm). */
   keys: DkimKey[];
+  /** Every active key (signing and standby): what an explicitly chosen selector may use. */
+  active: DkimKey[];
   /** key_dir's and the domain directory's mtime (ns) when the keys were read; a key added, retired or removed changes one. */
   stamp: string;
   checkedAt: number;
@@ -278,21 +281,37 @@ export class DkimKeyStore {
    * Ed25519 key (the oldest active of each), newest first. Empty: sign nothing.
    */
   signingKeys(domainInput: string): DkimKey[] {
-    const domain = requireKeyDomain(domainInput);
+    return this.#activeKeys(requireKeyDomain(domainInput)).keys;
+  }
+
+  /**
+   * The key that ARC-seals for `domain` (milter.arc): the active key with
+   * `selector`, else the RSA key that signs for the domain now. Undefined when
+   * there is none. Cached like signingKeys().
+   */
+  sealingKey(domainInput: string, selectorInput?: string): DkimKey | undefined {
+    const entry = this.#activeKeys(requireKeyDomain(domainInput));
+    if (selectorInput === undefined) return entry.keys.find((k) => k.algorithm === 'rsa-sha256');
+    const selector = requireSelector(selectorInput);
+    return entry.active.find((k) => k.selector === selector);
+  }
+
+  #activeKeys(domain: string): SigningKeysEntry {
     const now = performance.now();
     const cached = this.#signing.get(domain);
-    if (cached && now - cached.checkedAt < this.#recheckMs) return cached.keys;
+    if (cached && now - cached.checkedAt < this.#recheckMs) return cached;
     // At most one pair of stat() calls per domain and second; the files are read again only when a directory changed.
     // (A key file rewritten in place changes no directory: the CLI never does that, it links and renames.)
     const stamp = this.#stamp(domain);
     if (cached && stamp === cached.stamp) {
       cached.checkedAt = now;
-      return cached.keys;
+      return cached;
     }
-    const keys = this.#load(domain).filter((k) => k.signing);
+    const active = this.#load(domain).filter((k) => k.active);
+    const entry: SigningKeysEntry = { keys: active.filter((k) => k.signing), active, stamp, checkedAt: now };
     if (this.#signing.size >= 10_000 && !cached) this.#signing.clear();
-    this.#signing.set(domain, { keys, stamp, checkedAt: now });
-    return keys;
+    this.#signing.set(domain, entry);
+    return entry;
   }
 
   #stamp(domain: string): string {

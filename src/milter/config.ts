@@ -17,11 +17,16 @@
 //       daemon_names: [ORIGINATING]    # {daemon_name} values (milter_macro_daemon_name) that sign
 //       sign_authenticated: true       # SASL-authenticated clients ({auth_authen}) sign
 //       local_submissions: true        # sendmail(1)/pickup through non_smtpd_milters sign
+//     arc:
+//       seal: false                    # ARC-seal inbound mail that an alias forwards outside our domains
+//       domain: example.org            # d= of the seal: a domain with a key in the DKIM key store
+//       selector: s2026                # default: the domain's RSA signing key
 import { hostname } from 'node:os';
 import { isMap, isScalar, isSeq, type Node, type YAMLMap } from 'yaml';
 import { normalizeDomain } from '../core/address.ts';
 import { parseSize, type NodeReader } from '../config/reader.ts';
 import { readService, type ServiceListen } from '../config/load.ts';
+import { normalizeSelector } from '../dkim/keys.ts';
 
 /** What a DMARC p=reject failure does here. */
 export type DmarcRejectAction = 'reject' | 'quarantine' | 'accept';
@@ -47,6 +52,20 @@ export interface MilterSigningConfig {
   readonly localSubmissions: boolean;
 }
 
+/**
+ * ARC sealing of mail we forward: inbound messages with a recipient that
+ * virtual_alias_maps expands to an address outside our domains get an ARC set
+ * (RFC 8617), so the next hop can trust our verdicts although forwarding
+ * broke SPF (and a footer-free forward keeps DKIM, but not always).
+ */
+export interface MilterArcConfig {
+  readonly seal: boolean;
+  /** d= of the seals: the key comes from the DKIM key store (dkim.key_dir). Set when seal is true. */
+  readonly domain?: string;
+  /** s=; default: the domain's RSA signing key (the one DKIM signs with now). */
+  readonly selector?: string;
+}
+
 export interface MilterConfig extends ServiceListen {
   /** RFC 8601 authserv-id in Authentication-Results; forged headers carrying it are removed. */
   readonly authservId: string;
@@ -58,6 +77,7 @@ export interface MilterConfig extends ServiceListen {
   readonly onError: 'accept' | 'tempfail';
   readonly dmarc: MilterDmarcConfig;
   readonly signing: MilterSigningConfig;
+  readonly arc: MilterArcConfig;
 }
 
 export const MILTER_DEFAULTS = {
@@ -67,9 +87,10 @@ export const MILTER_DEFAULTS = {
   daemonNames: ['ORIGINATING'],
 } as const;
 
-const MILTER_KEYS = ['authserv_id', 'timeout', 'max_message_size', 'on_error', 'dmarc', 'signing'];
+const MILTER_KEYS = ['authserv_id', 'timeout', 'max_message_size', 'on_error', 'dmarc', 'signing', 'arc'];
 const DMARC_KEYS = ['reject', 'quarantine', 'trusted_arc_sealers', 'exempt_domains', 'exempt_networks'];
 const SIGNING_KEYS = ['daemon_names', 'sign_authenticated', 'local_submissions'];
+const ARC_KEYS = ['seal', 'domain', 'selector'];
 /** RFC 8601 authserv-id: a value (token); we take a host name, the usual choice. */
 const AUTHSERV_ID = /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/;
 
@@ -115,7 +136,22 @@ export function readMilterConfig(r: NodeReader, top: YAMLMap | undefined): Milte
     localSubmissions: r.boolean(s, 'local_submissions', 'milter.signing.local_submissions') ?? true,
   };
 
-  return { ...service, authservId, timeoutMs, maxMessageSize, onError, dmarc, signing };
+  const arc = readArc(r, r.section(sec, 'arc', 'milter.arc', ARC_KEYS));
+
+  return { ...service, authservId, timeoutMs, maxMessageSize, onError, dmarc, signing, arc };
+}
+
+function readArc(r: NodeReader, a: YAMLMap | undefined): MilterArcConfig {
+  const seal = r.boolean(a, 'seal', 'milter.arc.seal') ?? false;
+  const domainText = r.string(a, 'domain', 'milter.arc.domain');
+  const domain = domainText === undefined ? undefined : normalizeDomain(domainText);
+  if (domainText !== undefined && !domain) r.fail(r.node(a, 'domain'), `milter.arc.domain: not a domain name: ${JSON.stringify(domainText)}`);
+  const selectorText = r.string(a, 'selector', 'milter.arc.selector');
+  const selector = selectorText === undefined ? undefined : normalizeSelector(selectorText);
+  if (selectorText !== undefined && !selector) r.fail(r.node(a, 'selector'), `milter.arc.selector: not a selector (DNS labels): ${JSON.stringify(selectorText)}`);
+  // Which key signs is only known at run time (keys come and go with `mailwarden dkim`); the domain must be named.
+  if (seal && domainText === undefined) r.fail(r.node(a, 'seal'), 'milter.arc.seal: true needs milter.arc.domain (the domain whose DKIM key seals)');
+  return { seal, ...(domain ? { domain } : {}), ...(selector ? { selector } : {}) };
 }
 
 /** policy.myhostname without reporting anything: the policy section reports its own errors. */

@@ -3,19 +3,31 @@
 // (shared with the policy service), and the DKIM key store (one per key_dir,
 // kept across messages: it caches the parsed keys and looks at the key
 // directories at most once a second, so `mailwarden dkim rotate/retire`
-// takes effect within a second without a reload).
+// takes effect within a second without a reload). With milter.arc.seal, the
+// directory's lookup service (the socketmap's) expands recipients, and the
+// key store provides the sealing key.
 import type { Config } from '../config/load.ts';
 import { dkimConfigOf } from '../dkim/config.ts';
 import { DkimKeyStore } from '../dkim/keys.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import type { SpfMemory } from '../checks/spf-memory.ts';
+import { forwardingOf } from '../checks/forwarding.ts';
+import type { LookupService } from '../lookup/service.ts';
 import type { MilterRuntime } from './session.ts';
 
-export function milterRuntime(config: Config, resolver: DnsResolver, spfMemory?: SpfMemory): MilterRuntime {
+export function milterRuntime(config: Config, resolver: DnsResolver, spfMemory?: SpfMemory, lookups?: LookupService): MilterRuntime {
   const milter = config.milter;
   if (!milter) throw new Error('milter: no milter section in the running configuration');
   const store = keyStore(dkimConfigOf(config).keyDir);
-  return { config: milter, resolver, ...(spfMemory ? { spfMemory } : {}), signingKeys: (domain) => store.signingKeys(domain) };
+  const arc = milter.arc;
+  return {
+    config: milter,
+    resolver,
+    ...(spfMemory ? { spfMemory } : {}),
+    signingKeys: (domain) => store.signingKeys(domain),
+    ...(arc.seal && lookups ? { forwarding: (recipient: string) => forwardingOf(lookups, recipient) } : {}),
+    ...(arc.seal && arc.domain ? { arcSealingKey: () => store.sealingKey(arc.domain!, arc.selector) } : {}),
+  };
 }
 
 const stores = new Map<string, DkimKeyStore>();

@@ -17,7 +17,8 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { dkimSign } from 'mailauth';
 import { NetworkList, normalizeIp } from '../core/network.ts';
-import { verifyMessage, type MessageAuthVerdict } from '../checks/message-auth.ts';
+import { sealArc, verifyMessage, type MessageAuthVerdict } from '../checks/message-auth.ts';
+import type { ForwardingVerdict } from '../checks/forwarding.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import type { SpfMemory } from '../checks/spf-memory.ts';
 import type { DkimKey } from '../dkim/keys.ts';
@@ -42,6 +43,15 @@ export interface MilterRuntime {
   signingKeys(domain: string): readonly SigningKey[];
   /** The verifier; default verifyMessage (tests and the bench may substitute). */
   readonly verify?: typeof verifyMessage;
+  /**
+   * milter.arc: where virtual_alias_maps sends mail for `recipient`, expanded
+   * as Postfix's cleanup does. Absent: no directory, nothing is sealed. May reject.
+   */
+  forwarding?(recipient: string): Promise<ForwardingVerdict>;
+  /** milter.arc: the key that seals (milter.arc.domain/selector), undefined when there is none. May throw. */
+  arcSealingKey?(): SigningKey | undefined;
+  /** The sealer; default sealArc (tests substitute). */
+  readonly seal?: typeof sealArc;
 }
 
 /** Header for Sieve (`if header :is "X-Mailwarden-DMARC" "quarantine" { fileinto "Junk"; }`). */
@@ -69,6 +79,21 @@ export const MILTER_WANTS: MilterWants = {
   },
 };
 
+/**
+ * With milter.arc.seal on, the envelope recipients too (still no reply:
+ * RCPT never waits for us); read at OPTNEG, so a reload that turns sealing
+ * on applies to new connections (Postfix opens one per SMTP session).
+ */
+export const MILTER_WANTS_WITH_RCPT: MilterWants = {
+  ...MILTER_WANTS,
+  protocol: (MILTER_WANTS.protocol & ~SMFIP.NORCPT) | SMFIP.NR_RCPT,
+};
+
+/** Recipients checked for forwarding per message; Postfix's smtpd_recipient_limit is 1000 by default. */
+const MAX_CHECKED_RECIPIENTS = 1000;
+/** Foreign addresses named in the log line. */
+const MAX_LOGGED_TARGETS = 10;
+
 export type Direction = 'inbound' | 'outbound';
 
 /** One message's outcome, as logged. */
@@ -88,11 +113,28 @@ export interface MessageReport {
   /** Forged Authentication-Results headers removed. */
   readonly removed?: number;
   readonly signed?: ReadonlyArray<{ d: string; s: string; a: string }>;
+  /** milter.arc.seal on, inbound and not rejected: whether we sealed, and why (not). */
+  readonly arcSeal?: ArcSealReport;
   readonly error?: unknown;
   /** From MAIL to our answer. */
   readonly ms: number;
   /** From end of message to our answer: what Postfix (and the SMTP client) waited for. */
   readonly eomMs: number;
+}
+
+/** One sealing decision, as logged (`arc_seal`). */
+export interface ArcSealReport {
+  readonly sealed: boolean;
+  readonly reason?: string;
+  /** i= and cv= of our set. */
+  readonly instance?: number;
+  readonly cv?: string;
+  readonly d?: string;
+  readonly s?: string;
+  /** Addresses outside our domains the recipients expand to (the first few). */
+  readonly forwardedTo?: readonly string[];
+  /** What went wrong (the message was still delivered, unsealed, unless on_error is tempfail). */
+  readonly error?: string;
 }
 
 export interface MilterSessionOptions {
@@ -121,6 +163,14 @@ interface SignOutcome {
   readonly errors: readonly unknown[];
 }
 
+/** One RCPT's forwarding check, started at RCPT and read at end of message. */
+interface RecipientCheck {
+  readonly recipient: string;
+  verdict?: ForwardingVerdict;
+  error?: unknown;
+  done?: Promise<void>;
+}
+
 interface Message {
   readonly started: number;
   eomStarted?: number;
@@ -137,6 +187,8 @@ interface Message {
   unsignedDomain?: string;
   oversized: boolean;
   failure?: unknown;
+  /** milter.arc.seal: the recipients' forwarding checks. */
+  readonly recipients: RecipientCheck[];
   /** Read at MAIL: one configuration for the whole message. */
   readonly runtime: MilterRuntime;
 }
@@ -192,7 +244,7 @@ export class MilterSession {
   async #dispatch(cmd: MilterCommand): Promise<MilterReplyInput[] | undefined> {
     switch (cmd.type) {
       case 'optneg': {
-        const n = negotiate(cmd, MILTER_WANTS);
+        const n = negotiate(cmd, this.#sealingOn() ? MILTER_WANTS_WITH_RCPT : MILTER_WANTS);
         this.#protocol = n.reply.protocol;
         if (n.missingActions !== 0 || n.missingProtocol !== 0) {
           this.#log.warn({ missingActions: n.missingActions, missingProtocol: n.missingProtocol }, 'the MTA does not offer everything the milter wants');
@@ -217,8 +269,12 @@ export class MilterSession {
           size: 0,
           streaming: false,
           oversized: false,
+          recipients: [],
           runtime: this.#opts.runtime(),
         };
+        return undefined;
+      case 'rcpt':
+        if (this.#message) this.#checkRecipient(this.#message, cmd.args[0] ?? '');
         return undefined;
       case 'header': {
         const m = this.#message;
@@ -254,7 +310,6 @@ export class MilterSession {
       case 'quitNc':
         this.#abandon();
         return undefined;
-      case 'rcpt':
       case 'data':
       case 'unknown':
         return undefined;
@@ -303,7 +358,10 @@ export class MilterSession {
         stream,
         { clientIp: this.#clientIp(), helo: this.#helo, sender: m.sender, authservId: runtime.config.authservId },
         runtime.resolver,
-        runtime.spfMemory ? { spfMemory: runtime.spfMemory } : {},
+        {
+          ...(runtime.spfMemory ? { spfMemory: runtime.spfMemory } : {}),
+          ...(this.#mayForward(m) ? { prepareArcSeal: true } : {}),
+        },
       );
       result.catch(() => undefined);
       m.verify = { stream, result };
@@ -391,7 +449,7 @@ export class MilterSession {
     const verdict = outcome.value;
     const arcSealer = newestArcSealer(m.headers);
     const decision = decideDmarc(verdict, { clientIp: this.#clientIp(), arcSealer, config });
-    const report: Omit<MessageReport, 'ms' | 'eomMs'> = {
+    let report: Omit<MessageReport, 'ms' | 'eomMs'> = {
       ...base,
       action: decision.action,
       ...(decision.reason ? { reason: decision.reason } : {}),
@@ -402,14 +460,99 @@ export class MilterSession {
     if (decision.action === 'reject') {
       return this.#finish(m, report, [replyCode(550, '5.7.1', `Rejected by DMARC policy for ${verdict.dmarc?.domain ?? 'the sender domain'}`)]);
     }
+    const arc = await this.#arcSeal(m, verdict);
+    if (arc?.error !== undefined && config.onError === 'tempfail') return this.#failed(arc.error, m);
+    if (arc) report = { ...report, arcSeal: arc.report };
     const replies: MilterReplyInput[] = [
       ...sanitize,
       { type: 'insHeader', index: 0, name: AR, value: milterValue(verdict.authenticationResults) },
+      // Above the A-R, ARC-Seal on top (each insert goes to index 0).
+      ...(arc?.fields ?? []).slice().reverse().map((f): MilterReplyInput => ({ type: 'insHeader', index: 0, name: f.name, value: milterValue(f.value) })),
     ];
     if (decision.action === 'header') replies.push({ type: 'addHeader', name: QUARANTINE_HEADER, value: ' quarantine' });
     if (decision.action === 'hold') replies.push({ type: 'quarantine', reason: `DMARC quarantine policy of ${verdict.dmarc?.domain ?? 'the sender domain'}` });
     replies.push(CONTINUE);
     return this.#finish(m, report, replies);
+  }
+
+  /** milter.arc.seal, read from the runtime at OPTNEG (a broken runtime means no sealing, not no connection). */
+  #sealingOn(): boolean {
+    try {
+      return this.#opts.runtime().config.arc.seal;
+    } catch {
+      return false;
+    }
+  }
+
+  /** RCPT: starts the forwarding check of an inbound message's recipient (outbound mail is DKIM-signed, never sealed). */
+  #checkRecipient(m: Message, arg: string): void {
+    const rt = m.runtime;
+    if (!rt.config.arc.seal || !rt.forwarding) return;
+    if (this.#direction(rt.config).direction === 'outbound') return;
+    const recipient = arg.trim().replace(/^<|>$/g, '');
+    if (recipient === '' || m.recipients.length >= MAX_CHECKED_RECIPIENTS) return;
+    const check: RecipientCheck = { recipient };
+    check.done = rt.forwarding(recipient).then(
+      (v) => void (check.verdict = v),
+      (err: unknown) => void (check.error = err ?? new Error('forwarding check failed')),
+    );
+    m.recipients.push(check);
+  }
+
+  /** Could this message need a seal? Yes unless every recipient is already known to stay here. */
+  #mayForward(m: Message): boolean {
+    if (!m.runtime.config.arc.seal || m.recipients.length === 0) return false;
+    return !m.recipients.every((c) => c.verdict && c.verdict.foreign.length === 0);
+  }
+
+  /**
+   * The sealing decision for an inbound message we deliver: an ARC set when a
+   * recipient forwards outside our domains. `error`: something broke (the
+   * directory, the key); the caller applies on_error, the message is never lost.
+   */
+  async #arcSeal(m: Message, verdict: MessageAuthVerdict): Promise<{ report: ArcSealReport; fields?: Array<{ name: string; value: string }>; error?: unknown } | undefined> {
+    const rt = m.runtime;
+    const arc = rt.config.arc;
+    if (!arc.seal) return undefined;
+    if (!rt.forwarding) return { report: { sealed: false, reason: 'no directory to expand recipients with' } };
+    if ((this.#protocol & SMFIP.NORCPT) !== 0) return { report: { sealed: false, reason: 'recipients unknown: this connection was opened before milter.arc.seal was on' } };
+    if (m.recipients.length === 0) return { report: { sealed: false, reason: 'no recipient' } };
+    const remaining = () => Math.max(1000, rt.config.timeoutMs - (performance.now() - (m.eomStarted ?? performance.now())));
+    const fail = (reason: string, err: unknown): { report: ArcSealReport; error: unknown } => {
+      const error = err instanceof Error ? err : new Error(String(err));
+      return { report: { sealed: false, reason, error: error.message }, error };
+    };
+    const waited = await this.#wait(Promise.all(m.recipients.map((c) => c.done)), remaining());
+    if ('err' in waited) return fail('recipients not expanded in time', waited.err);
+    const broken = m.recipients.find((c) => c.error !== undefined);
+    if (broken) return fail(`cannot expand ${broken.recipient}`, broken.error);
+    const foreign = [...new Set(m.recipients.flatMap((c) => c.verdict?.foreign ?? []))];
+    if (foreign.length === 0) return { report: { sealed: false, reason: 'no recipient forwards outside our domains' } };
+    const forwardedTo = foreign.slice(0, MAX_LOGGED_TARGETS);
+    let key: SigningKey | undefined;
+    try {
+      key = rt.arcSealingKey?.();
+    } catch (err) {
+      return fail('the ARC key cannot be read', err);
+    }
+    if (!key) {
+      const which = arc.selector ? `selector ${arc.selector}` : 'an RSA signing key';
+      return fail(`no ARC key: ${arc.domain ?? '(milter.arc.domain unset)'} has no active DKIM key with ${which}`, new Error(`no ARC sealing key for ${arc.domain}`));
+    }
+    // ARC validators in the field (Mail::DKIM, OpenARC, the big mailbox providers) check rsa-sha256 seals only.
+    if (key.algorithm !== 'rsa-sha256') return fail(`ARC key ${key.selector}._domainkey.${key.domain} is ${key.algorithm}: ARC seals need an RSA key`, new Error(`ARC sealing key is ${key.algorithm}`));
+    const sealed = await this.#wait((rt.seal ?? sealArc)(verdict, key), remaining());
+    if ('err' in sealed) return fail('ARC sealing did not finish', sealed.err);
+    const o = sealed.value;
+    const where = { d: key.domain, s: key.selector, forwardedTo };
+    if (!o.sealed) {
+      if ('error' in o) return { ...fail(o.reason, o.error), report: { sealed: false, reason: o.reason, ...where, error: o.error.message } };
+      return { report: { sealed: false, reason: o.reason, ...where } };
+    }
+    return {
+      report: { sealed: true, instance: o.instance, cv: o.cv, ...where, ...(o.reason ? { reason: o.reason } : {}) },
+      fields: splitHeaderFields(o.fields.join('\r\n')),
+    };
   }
 
   /** Deletes Authentication-Results headers that claim our authserv-id, and our own quarantine marker. */
@@ -465,6 +608,8 @@ export class MilterSession {
     const now = performance.now();
     const full: MessageReport = { ...report, ms: Math.round(now - m.started), eomMs: Math.round(now - (m.eomStarted ?? now)) };
     if (full.error !== undefined) this.#log.error(logFields(full), 'milter message failed; answering on_error');
+    // A seal that failed: delivered unsealed, but somebody should look.
+    else if (full.arcSeal?.error !== undefined) this.#log.error(logFields(full), 'milter message');
     else this.#log.info(logFields(full), 'milter message');
     try {
       this.#opts.onMessage?.(full);
@@ -566,10 +711,22 @@ function logFields(r: MessageReport): Record<string, unknown> {
       : {}),
     ...(r.removed ? { removed_forged: r.removed } : {}),
     ...(r.signed ? { signed: r.signed } : {}),
+    ...(r.arcSeal ? { arc_seal: arcSealFields(r.arcSeal) } : {}),
     action: r.action,
     ...(r.reason ? { reason: r.reason } : {}),
     ...(r.error !== undefined ? { err: r.error } : {}),
     ms: r.ms,
     eom_ms: r.eomMs,
+  };
+}
+
+function arcSealFields(a: ArcSealReport): Record<string, unknown> {
+  return {
+    sealed: a.sealed,
+    ...(a.instance !== undefined ? { i: a.instance, cv: a.cv } : {}),
+    ...(a.d ? { d: a.d, s: a.s } : {}),
+    ...(a.forwardedTo ? { forwarded_to: a.forwardedTo } : {}),
+    ...(a.reason ? { reason: a.reason } : {}),
+    ...(a.error ? { error: a.error } : {}),
   };
 }

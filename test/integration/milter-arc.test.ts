@@ -65,6 +65,7 @@ const CONFIG: MilterConfig = {
   onError: 'accept',
   dmarc: { reject: 'accept', quarantine: 'accept', trustedArcSealers: [], exemptDomains: [], exemptNetworks: [] },
   signing: { daemonNames: [], signAuthenticated: false, localSubmissions: false },
+  arc: { seal: false },
 };
 
 /**

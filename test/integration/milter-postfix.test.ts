@@ -9,7 +9,10 @@
 // are applied; forged A-R headers with our authserv-id are removed.
 // Outbound (a submission-like smtpd with milter_macro_daemon_name=ORIGINATING,
 // and sendmail(1)): messages are signed with the keys in mailwarden's DKIM key
-// store and checked by mailauth and, independently, by OpenDKIM.
+// store and checked by mailauth and, independently, by OpenDKIM and Mail::DKIM.
+// The other way round, a third listener runs two OpenDKIM milters in sign
+// mode (rsa-sha256, ed25519-sha256) before mailwarden's, which verifies what
+// they signed; rsa-sha1 (opendkim-testmsg) is refused (RFC 8301).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -25,7 +28,8 @@ import { startDaemon, type Daemon } from '../support/daemon.ts';
 import { startDnsServer, type TestDnsServer, type ZoneName } from '../support/dns-server.ts';
 import { freePort } from '../support/ports.ts';
 import { tempDir, type TempDir } from '../support/tmp.ts';
-import { opendkimSign, opendkimVerify, startDnsForwarder, type DnsForwarder } from '../support/opendkim.ts';
+import { opendkimSign, opendkimVerify, startDnsForwarder, startOpendkimSigner, type DnsForwarder, type OpendkimSigner } from '../support/opendkim.ts';
+import { mailDkimVerify } from '../support/mail-dkim.ts';
 
 const AUTHSERV = 'mx.mailwarden.test';
 const RCPT = 'alice@example.org';
@@ -99,6 +103,9 @@ describe('Postfix + mailwarden milter', () => {
   let sink: LmtpSink;
   let daemon: Daemon;
   let submissionPort: number;
+  /** smtpd whose mail OpenDKIM signs before mailwarden verifies it. */
+  let opendkimPort: number;
+  let signers: OpendkimSigner[] = [];
   let store: DkimKeyStore;
 
   // Remote senders' keys, generated here and published on the test DNS.
@@ -138,6 +145,16 @@ describe('Postfix + mailwarden milter', () => {
     forwarder = await startDnsForwarder(dns.port);
     sink = await startLmtpSink();
     submissionPort = await freePort();
+    opendkimPort = await freePort();
+    // OpenDKIM signs sender.test mail with the same keys the test DNS publishes for it.
+    const pem = (k: TestKey, file: string) => {
+      writeFileSync(join(tmp.path, file), k.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), { mode: 0o600 });
+      return join(tmp.path, file);
+    };
+    signers = [
+      await startOpendkimSigner({ dir: tmp.path, algorithm: 'rsa-sha256', keys: [{ domain: 'sender.test', selector: senderRsa.selector, keyFile: pem(senderRsa, 'od-rsa.pem') }], nameserver: forwarder.address }),
+      await startOpendkimSigner({ dir: tmp.path, algorithm: 'ed25519-sha256', keys: [{ domain: 'sender.test', selector: senderEd.selector, keyFile: pem(senderEd, 'od-ed.pem') }], nameserver: forwarder.address }),
+    ];
     postfix = await startPostfix({
       mainCf: {
         virtual_mailbox_domains: 'example.org',
@@ -151,7 +168,9 @@ describe('Postfix + mailwarden milter', () => {
         milter_default_action: 'tempfail',
       },
       // A submission-like listener: master.cf's documented -o milter_macro_daemon_name=ORIGINATING.
-      masterCfExtra: `127.0.0.1:${submissionPort} inet n - n - - smtpd\n  -o syslog_name=postfix/submission\n  -o milter_macro_daemon_name=ORIGINATING\n`,
+      masterCfExtra: `127.0.0.1:${submissionPort} inet n - n - - smtpd\n  -o syslog_name=postfix/submission\n  -o milter_macro_daemon_name=ORIGINATING\n`
+        // Postfix applies each milter's edits before the next one reads the message: mailwarden sees OpenDKIM's signatures.
+        + `127.0.0.1:${opendkimPort} inet n - n - - smtpd\n  -o syslog_name=postfix/opendkim-signed\n  -o smtpd_milters=${signers.map((x) => x.milter).join(',')},unix:mailwarden/milter.sock\n`,
     });
     const config = join(tmp.path, 'mailwarden.yaml');
     writeFileSync(join(tmp.path, 'directory.yaml'), 'domains: {}\n');
@@ -172,6 +191,7 @@ describe('Postfix + mailwarden milter', () => {
   after(async () => {
     await daemon?.stop();
     await postfix?.stop();
+    for (const s of signers) await s.stop();
     await sink?.close();
     await forwarder?.stop();
     await dns?.stop();
@@ -204,19 +224,43 @@ describe('Postfix + mailwarden milter', () => {
       assert.ok(typeof line['ms'] === 'number');
     }));
 
-  it('a message signed by OpenDKIM (relaxed/simple, its rsa-sha1 default) verifies: dkim=pass, dmarc=pass', () =>
+  it('a message signed by OpenDKIM\'s milter (rsa-sha256 and ed25519-sha256, relaxed/simple) verifies: dkim=pass twice, dmarc=pass', () =>
     withPostfixLogs(postfix, async () => {
-      const keyFile = join(tmp.path, 'opendkim-rsa.pem');
-      writeFileSync(keyFile, senderRsa.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), { mode: 0o600 });
-      const signedByOpendkim = await opendkimSign(message('News <news@sender.test>', 'opendkim-signed'), { domain: 'sender.test', selector: senderRsa.selector, keyFile });
-      // opendkim-testmsg always signs rsa-sha1 with simple body canonicalization: the body must arrive byte for byte.
-      assert.match(signedByOpendkim, /^DKIM-Signature: v=1; a=rsa-sha1; c=relaxed\/simple; d=sender\.test; s=rsa2026;/);
-      const r = await send(signedByOpendkim);
+      const r = await send(message('News <news@sender.test>', 'opendkim-signed'), { port: opendkimPort });
       assert.equal(dataEnd(r)?.code, 250, r.transcript);
-      const ar = ours(await delivered('opendkim-signed'));
-      // mailauth's lenient mode still accepts rsa-sha1 (RFC 8301 says it should not: rejectRsaSha1 would make this dkim=policy).
-      assert.match(ar[0]!, /dkim=pass header\.i=@sender\.test header\.s=rsa2026 header\.a=rsa-sha1/);
-      assert.match(ar[0]!, /dmarc=pass /);
+      const d = await delivered('opendkim-signed');
+      const sigs = headersOf(d.data).filter((h) => h.name === 'DKIM-Signature').map((h) => h.value);
+      assert.equal(sigs.length, 2, d.data);
+      assert.deepEqual(sigs.map((v) => /\ba=([\w-]+);/.exec(v)?.[1]).sort(), ['ed25519-sha256', 'rsa-sha256']);
+      for (const v of sigs) assert.match(v, /c=relaxed\/simple; d=sender\.test;/, 'signed by OpenDKIM, not by the test');
+      const ar = ours(d);
+      assert.equal(ar.length, 1, d.data);
+      assert.match(ar[0]!, /dkim=pass header\.i=@sender\.test header\.s=rsa2026 header\.a=rsa-sha256/);
+      assert.match(ar[0]!, /dkim=pass header\.i=@sender\.test header\.s=ed2026 header\.a=ed25519-sha256/);
+      assert.match(ar[0]!, /dmarc=pass .*header\.from=sender\.test/);
+    }));
+
+  it('rsa-sha1 (what opendkim-testmsg signs) never passes: dkim=policy (weak algorithm), so p=reject rejects (RFC 8301 §3.1)', () =>
+    withPostfixLogs(postfix, async () => {
+      const sha1 = async (k: TestKey, from: string, subject: string) => {
+        const keyFile = join(tmp.path, `sha1-${k.domain}.pem`);
+        writeFileSync(keyFile, k.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), { mode: 0o600 });
+        const signed = await opendkimSign(message(from, subject), { domain: k.domain, selector: k.selector, keyFile });
+        assert.match(signed, /^DKIM-Signature: v=1; a=rsa-sha1; c=relaxed\/simple;/);
+        return signed;
+      };
+      // p=none: delivered, with the verdict in the A-R.
+      const r = await send(await sha1(nopolicyKey, 'x@nopolicy.test', 'sha1-signed'));
+      assert.equal(dataEnd(r)?.code, 250, r.transcript);
+      const ar = ours(await delivered('sha1-signed'));
+      // RFC 8601 §2.7.1 policy: signed, but not acceptable here; the ptype.property says why.
+      assert.match(ar[0]!, /dkim=policy \(weak algorithm\) policy\.dkim-rules=weak-algorithm header\.i=@nopolicy\.test header\.s=k1 header\.a=rsa-sha1/);
+      assert.doesNotMatch(ar[0]!, /dkim=pass/);
+      assert.match(ar[0]!, /dmarc=fail /);
+      // p=reject: the signature that would have aligned does not count.
+      const rejected = await send(await sha1(senderRsa, 'News <news@sender.test>', 'sha1-reject'));
+      assert.equal(dataEnd(rejected)?.code, 550, rejected.transcript);
+      assert.match(dataEnd(rejected)!.text, /DMARC policy for sender\.test/);
     }));
 
   it('a body changed after signing: dkim fails (body hash), the message is delivered under p=none', () =>
@@ -369,6 +413,11 @@ describe('Postfix + mailwarden milter', () => {
       // The negative control: OpenDKIM does notice a change.
       const bad = await opendkimVerify(onlySignature(d.data, 'rsa-sha256').replace('Regards', 'Regrets'), forwarder.address, tmp.path);
       assert.notEqual(bad.code, 0, 'a changed body must not verify');
+      // A third implementation: Mail::DKIM (no Ed25519 in Debian 12's version) on the RSA signature.
+      const perl = await mailDkimVerify(onlySignature(d.data, 'rsa-sha256'), dns);
+      assert.equal(perl.result, 'pass', JSON.stringify(perl));
+      assert.deepEqual(perl.signatures.map((x) => [x.domain, x.selector, x.result]), [['ours.test', 's2026', 'pass']]);
+      assert.equal((await mailDkimVerify(onlySignature(d.data, 'rsa-sha256').replace('Regards', 'Regrets'), dns)).result, 'fail');
     };
 
     it('signs mail from the ORIGINATING listener with RSA and Ed25519; mailauth and OpenDKIM verify both', () =>

@@ -28,6 +28,7 @@ const config: MilterConfig = {
   onError: 'accept',
   dmarc: { reject: 'reject', quarantine: 'hold', trustedArcSealers: [], exemptDomains: [], exemptNetworks: [] },
   signing: { daemonNames: ['ORIGINATING'], signAuthenticated: true, localSubmissions: true },
+  arc: { seal: false },
 };
 
 const key = generateKeyPairSync('ed25519');
@@ -147,7 +148,8 @@ describe('milter server over sockets', () => {
     assert.ok(ins.type === 'insHeader');
     assert.match(ins.value.toString(), /^ mx\.mailwarden\.test;\n dkim=pass header\.i=@remote\.test/);
     await c.waitFor('continue');
-    assert.deepEqual(c.replies.map((r) => r.type), ['optneg', 'insHeader', 'continue']);
+    // PROGRESS (every 100 ms here) is legitimate while the end of message takes longer on a busy host.
+    assert.deepEqual(c.replies.map((r) => r.type).filter((t) => t !== 'progress'), ['optneg', 'insHeader', 'continue']);
     await c.write(encodeCommand({ type: 'quit' }));
     await c.closed;
   });

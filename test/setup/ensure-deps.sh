@@ -11,6 +11,10 @@
 # - Dovecot: imapd/pop3d/lmtpd for the protocols the tests speak, auth-lua +
 #   lua-cjson for dovecot-conf/mailwarden.lua. /etc/dovecot is never edited
 #   (the private instances use `dovecot -c <temp dir>/dovecot.conf`).
+# - OpenDKIM (the milter, in sign mode) and Mail::DKIM (libmail-dkim-perl, DKIM
+#   and ARC verifiers) are independent implementations the milter tests check
+#   mailwarden's signatures and ARC seals against; the opendkim service is not
+#   left enabled (the tests run their own opendkim -x <temp conf>).
 # - Never changes an existing /etc/postfix/main.cf. Postfix is preseeded with
 #   "No configuration", which installs no main.cf at all; the private test
 #   instances (postfix/postmap/postconf -c DIR) don't need one, but a bare
@@ -21,13 +25,13 @@
 set -euo pipefail
 
 PACKAGES=(postfix postfix-mysql postfix-lmdb mariadb-server mariadb-client swaks
-  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua lua-cjson opendkim-tools)
+  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua lua-cjson opendkim-tools opendkim libmail-dkim-perl)
 # A command each package must provide (checked too, in case dpkg lies or is absent).
 COMMANDS=(/usr/sbin/postfix /usr/sbin/postmap /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/mariadb /usr/bin/swaks
-  /usr/sbin/dovecot /usr/bin/doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/pop3 /usr/lib/dovecot/lmtp)
+  /usr/sbin/dovecot /usr/bin/doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/pop3 /usr/lib/dovecot/lmtp /usr/sbin/opendkim)
 # Non-executable files a package must provide (plugins, Lua modules). Globs are
 # allowed; Dovecot 2.3 on bookworm embeds Lua 5.4, so it loads cjson for 5.4.
-FILES=(/usr/lib/dovecot/modules/auth/libauthdb_lua.so "/usr/lib/*/lua/5.4/cjson.so")
+FILES=(/usr/lib/dovecot/modules/auth/libauthdb_lua.so "/usr/lib/*/lua/5.4/cjson.so" /usr/share/perl5/Mail/DKIM/ARC/Verifier.pm)
 POLICY=/usr/sbin/policy-rc.d
 POLICY_MARK="# mailwarden ensure-deps: temporary"
 
@@ -133,6 +137,10 @@ if [ "$dc_before" = no ] && pid_alive /run/dovecot/master.pid; then
   echo "$me: stopping the system Dovecot started by the install"
   { command -v systemctl >/dev/null 2>&1 && systemctl stop dovecot; } >/dev/null 2>&1 \
     || kill "$(tr -dc '0-9' < /run/dovecot/master.pid)" 2>/dev/null || true
+fi
+
+if [[ " ${missing[*]} " == *" opendkim "* ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now opendkim >/dev/null 2>&1 || true
 fi
 
 ensure_main_cf

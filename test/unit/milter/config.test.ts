@@ -85,4 +85,29 @@ describe('milter config', () => {
     assert.match(issues.join('\n'), /unknown setting milter\.dmarc\.trusted_arc_sealer/);
     assert.match(errors('milter:\n  mode: "0660"\n').join('\n'), /milter\.listen is required/);
   });
+
+  describe('arc', () => {
+    const LISTEN = 'milter:\n  listen: inet:127.0.0.1:8891\n';
+    it('is off by default', () => {
+      assert.deepEqual(parse(LISTEN).milter!.arc, { seal: false });
+    });
+
+    it('reads seal, domain (an A-label, lower case) and selector', () => {
+      const m = parse(`${LISTEN}  arc:\n    seal: true\n    domain: Forward.Example.ORG\n    selector: ARC2026\n`).milter!;
+      assert.deepEqual(m.arc, { seal: true, domain: 'forward.example.org', selector: 'arc2026' });
+      assert.deepEqual(parse(`${LISTEN}  arc:\n    seal: true\n    domain: bücher.example\n`).milter!.arc, { seal: true, domain: 'xn--bcher-kva.example' });
+    });
+
+    it('needs a domain to seal, and reports bad values with their position', () => {
+      assert.match(errors(`${LISTEN}  arc:\n    seal: true\n`).join('\n'), /:7:11: milter\.arc\.seal: true needs milter\.arc\.domain/);
+      const issues = errors(`${LISTEN}  arc:\n    seal: yes please\n    domain: "not a domain"\n    selector: "-bad-"\n    sealer: x\n`);
+      assert.equal(issues.length, 4, issues.join('\n'));
+      assert.match(issues.join('\n'), /milter\.arc\.seal must be true or false/);
+      assert.match(issues.join('\n'), /milter\.arc\.domain: not a domain name/);
+      assert.match(issues.join('\n'), /milter\.arc\.selector: not a selector/);
+      assert.match(issues.join('\n'), /unknown setting milter\.arc\.sealer/);
+      // Off needs nothing; a domain without seal is kept for when it is turned on.
+      assert.deepEqual(errors(`${LISTEN}  arc:\n    domain: example.org\n`), []);
+    });
+  });
 });

@@ -17,7 +17,8 @@ import { POSTFIX_OPTNEG, SMFIF, SMFIP } from '../../../src/milter/constants.ts';
 import type { MilterConfig } from '../../../src/milter/config.ts';
 import { decideDmarc, MilterSession, type MessageReport, type MilterRuntime, type SigningKey } from '../../../src/milter/session.ts';
 import { headerBytes, headerIndexes, authservIdOf, firstAddressDomain, newestArcSealer } from '../../../src/milter/headers.ts';
-import type { MessageAuthVerdict } from '../../../src/checks/message-auth.ts';
+import type { ArcSealOutcome, MessageAuthOptions, MessageAuthVerdict } from '../../../src/checks/message-auth.ts';
+import type { ForwardingVerdict } from '../../../src/checks/forwarding.ts';
 
 const AUTHSERV = 'mx.example.org';
 
@@ -31,6 +32,7 @@ function config(over: Partial<MilterConfig> = {}, dmarc: Partial<MilterConfig['d
     onError: 'accept',
     dmarc: { reject: 'reject', quarantine: 'hold', trustedArcSealers: [], exemptDomains: [], exemptNetworks: [], ...dmarc },
     signing: { daemonNames: ['ORIGINATING'], signAuthenticated: true, localSubmissions: true },
+    arc: { seal: false },
     ...over,
   };
 }
@@ -56,6 +58,12 @@ interface Harness {
   seen: Buffer[];
   keyLookups: string[];
   progress: number;
+  /** Options of each verifier call (prepareArcSeal). */
+  verifyOptions: MessageAuthOptions[];
+  /** Recipients asked about (milter.arc). */
+  forwardingLookups: string[];
+  /** What the sealer was given. */
+  sealCalls: Array<{ verdict: MessageAuthVerdict; key: SigningKey }>;
 }
 
 function harness(opts: {
@@ -64,6 +72,11 @@ function harness(opts: {
   /** Keys per domain, or an error the key store throws. */
   keys?: Record<string, SigningKey[]> | Error;
   progressIntervalMs?: number;
+  /** milter.arc: foreign targets per recipient (missing = stays local), or an error the directory throws. */
+  forwarding?: Record<string, string[] | Error>;
+  /** The sealing key (default one RSA test key), or an error the key store throws. */
+  arcKey?: SigningKey | Error | null;
+  seal?: (verdict: MessageAuthVerdict, key: SigningKey) => Promise<ArcSealOutcome>;
 } = {}): Harness {
   const reports: MessageReport[] = [];
   const seen: Buffer[] = [];
@@ -74,6 +87,9 @@ function harness(opts: {
     seen,
     keyLookups,
     progress: 0,
+    verifyOptions: [],
+    forwardingLookups: [],
+    sealCalls: [],
     async send(...cmds) {
       const decoder = new MilterDecoder();
       const replyDecoder = new MilterReplyDecoder();
@@ -97,12 +113,28 @@ function harness(opts: {
       if (opts.keys instanceof Error) throw opts.keys;
       return opts.keys?.[domain] ?? [];
     },
-    async verify(message) {
+    async verify(message, _input, _resolver, options) {
+      h.verifyOptions.push(options ?? {});
       const chunks: Buffer[] = [];
       for await (const c of message as Readable) chunks.push(c as Buffer);
       seen.push(Buffer.concat(chunks));
       const v = opts.verdict ?? verdict();
       return typeof v === 'function' ? v() : v;
+    },
+    async forwarding(recipient) {
+      h.forwardingLookups.push(recipient);
+      const f = opts.forwarding?.[recipient];
+      if (f instanceof Error) throw f;
+      return { recipient, foreign: f ?? [], local: f ? 0 : 1, truncated: false } satisfies ForwardingVerdict;
+    },
+    arcSealingKey() {
+      if (opts.arcKey instanceof Error) throw opts.arcKey;
+      return opts.arcKey === null ? undefined : opts.arcKey ?? ARC_KEY;
+    },
+    async seal(v, k) {
+      const key = k as SigningKey;
+      h.sealCalls.push({ verdict: v, key });
+      return opts.seal ? opts.seal(v, key) : SEALED;
     },
   };
   h.session = new MilterSession({
@@ -114,6 +146,12 @@ function harness(opts: {
   });
   return h;
 }
+
+const ARC_KEY: SigningKey = { domain: 'fwd.example.org', selector: 'arc1', algorithm: 'rsa-sha256', privateKeyPem: 'unused by the fake sealer' };
+const SEALED: ArcSealOutcome = {
+  sealed: true, instance: 1, cv: 'none',
+  fields: ['ARC-Seal: i=1; a=rsa-sha256; cv=none; d=fwd.example.org; s=arc1;\r\n b=AS', 'ARC-Message-Signature: i=1; a=rsa-sha256; d=fwd.example.org;\r\n b=AMS', 'ARC-Authentication-Results: i=1; mx.example.org; arc=none'],
+};
 
 const macro = (forCommand: string, entries: Record<string, string>): MilterCommandInput => ({ type: 'macro', forCommand, macros: new Map(Object.entries(entries)) });
 const OPTNEG: MilterCommandInput = { type: 'optneg', ...POSTFIX_OPTNEG };
@@ -294,6 +332,113 @@ describe('milter session: inbound', () => {
     assert.deepEqual(replies.map((r) => r.type), ['tempfail']);
     assert.ok(slow.progress >= 3, `PROGRESS sent ${slow.progress} times`);
     assert.equal(slow.reports[0]!.action, 'tempfail');
+  });
+});
+
+describe('milter session: ARC sealing of forwarded mail (milter.arc)', () => {
+  const sealing = (over: Partial<MilterConfig> = {}) => config({ arc: { seal: true, domain: 'fwd.example.org' }, ...over });
+  const rcpt = (to: string): MilterCommandInput => ({ type: 'rcpt', args: [`<${to}>`, 'ORCPT=rfc822;x'] });
+  const message = (h: Harness, prefix: MilterCommandInput[], ...rcpts: string[]) =>
+    h.send(...prefix, ...rcpts.map(rcpt), header('From', ' a@sender.test'), { type: 'eoh' }, { type: 'body', chunk: 'hi\r\n' }, { type: 'bodyEob' });
+  const inbound = [...CONNECT, ...mail()];
+  const names = (replies: MilterReply[]) => replies.map((r) => (r.type === 'insHeader' ? r.name : r.type));
+
+  it('asks for the recipients (never answering them) only when sealing is on', async () => {
+    const [on] = await harness({ config: sealing() }).send(OPTNEG);
+    assert.ok(on?.type === 'optneg');
+    assert.equal(on.protocol & SMFIP.NORCPT, 0);
+    assert.ok(on.protocol & SMFIP.NR_RCPT);
+    const [off] = await harness().send(OPTNEG);
+    assert.ok(off?.type === 'optneg' && (off.protocol & SMFIP.NORCPT) !== 0);
+  });
+
+  it('seals a message with a recipient an alias forwards outside our domains: ARC-Seal, AMS and AAR on top of our A-R', async () => {
+    const h = harness({ config: sealing(), forwarding: { 'fwd@example.org': ['someone@elsewhere.test', 'other@elsewhere.test'] } });
+    await h.send(OPTNEG);
+    const replies = await message(h, inbound, 'alice@example.org', 'fwd@example.org');
+    assert.deepEqual(h.forwardingLookups, ['alice@example.org', 'fwd@example.org']);
+    assert.equal(h.verifyOptions[0]?.prepareArcSeal, true);
+    assert.deepEqual(names(replies), ['Authentication-Results', 'ARC-Authentication-Results', 'ARC-Message-Signature', 'ARC-Seal', 'continue']);
+    const seal = replies[3] as Extract<MilterReply, { type: 'insHeader' }>;
+    assert.equal(seal.index, 0);
+    assert.equal(seal.value.toString(), ' i=1; a=rsa-sha256; cv=none; d=fwd.example.org; s=arc1;\n b=AS', 'LF folds, leading space');
+    assert.equal(h.sealCalls.length, 1);
+    assert.equal(h.sealCalls[0]!.key, ARC_KEY);
+    assert.deepEqual(h.reports[0]!.arcSeal, { sealed: true, instance: 1, cv: 'none', d: 'fwd.example.org', s: 'arc1', forwardedTo: ['someone@elsewhere.test', 'other@elsewhere.test'] });
+    assert.equal(h.reports[0]!.action, 'accept');
+  });
+
+  it('does not seal mail that stays here (and does not even hash the body for it when that is known at end of header)', async () => {
+    const h = harness({ config: sealing() });
+    await h.send(OPTNEG);
+    const replies = await message(h, inbound, 'alice@example.org');
+    assert.deepEqual(names(replies), ['Authentication-Results', 'continue']);
+    assert.equal(h.verifyOptions[0]?.prepareArcSeal, undefined);
+    assert.equal(h.sealCalls.length, 0);
+    assert.deepEqual(h.reports[0]!.arcSeal, { sealed: false, reason: 'no recipient forwards outside our domains' });
+  });
+
+  it('never looks at the recipients of outbound mail, which is DKIM-signed instead; with sealing off nothing is looked up either', async () => {
+    const h = harness({ config: sealing(), forwarding: { 'bob@elsewhere.test': ['bob@elsewhere.test'] } });
+    await h.send(OPTNEG);
+    await message(h, [...CONNECT, ...mail('alice@ours.test', { '{auth_authen}': 'alice' })], 'bob@elsewhere.test');
+    assert.deepEqual(h.forwardingLookups, []);
+    assert.equal(h.reports[0]!.direction, 'outbound');
+    assert.equal(h.reports[0]!.arcSeal, undefined);
+    const off = harness({ forwarding: { 'fwd@example.org': ['x@elsewhere.test'] } });
+    await off.send(OPTNEG);
+    // Postfix sends no RCPT after NORCPT; one sent anyway is answered (no NR_RCPT either) and ignored.
+    assert.deepEqual(names(await message(off, inbound, 'fwd@example.org')), ['continue', 'Authentication-Results', 'continue']);
+    assert.deepEqual(off.forwardingLookups, []);
+    assert.equal(off.reports[0]!.arcSeal, undefined);
+  });
+
+  it('does not seal what it rejects', async () => {
+    const h = harness({ config: sealing(), verdict: verdict({ dmarc: { result: 'fail', domain: 'bank.test', policy: 'reject' } }), forwarding: { 'fwd@example.org': ['x@elsewhere.test'] } });
+    await h.send(OPTNEG);
+    assert.deepEqual(names(await message(h, inbound, 'fwd@example.org')), ['replyCode']);
+    assert.equal(h.sealCalls.length, 0);
+  });
+
+  it('logs why a chain is not sealed, or sealed cv=fail', async () => {
+    const reason = 'the newest ARC-Seal already has cv=fail: a failed chain is sealed once';
+    const h = harness({ config: sealing(), forwarding: { 'fwd@example.org': ['x@elsewhere.test'] }, seal: async () => ({ sealed: false, reason }) });
+    await h.send(OPTNEG);
+    assert.deepEqual(names(await message(h, inbound, 'fwd@example.org')), ['Authentication-Results', 'continue']);
+    assert.deepEqual(h.reports[0]!.arcSeal, { sealed: false, reason, d: 'fwd.example.org', s: 'arc1', forwardedTo: ['x@elsewhere.test'] });
+
+    const failed = harness({
+      config: sealing(), forwarding: { 'fwd@example.org': ['x@elsewhere.test'] },
+      seal: async () => ({ ...SEALED, instance: 2, cv: 'fail', reason: 'incoming ARC chain fails (i=1 no valid signature): sealed with cv=fail' }),
+    });
+    await failed.send(OPTNEG);
+    assert.equal(names(await message(failed, inbound, 'fwd@example.org')).length, 5);
+    assert.equal(failed.reports[0]!.arcSeal?.cv, 'fail');
+    assert.match(failed.reports[0]!.arcSeal!.reason!, /incoming ARC chain fails/);
+  });
+
+  it('a directory, key or sealing failure: delivered unsealed with the error logged (on_error accept), or tempfail', async () => {
+    const cases: Array<[string, Parameters<typeof harness>[0], RegExp]> = [
+      ['directory', { forwarding: { 'fwd@example.org': new Error('directory unavailable') } }, /cannot expand fwd@example\.org/],
+      ['no key', { forwarding: { 'fwd@example.org': ['x@elsewhere.test'] }, arcKey: null }, /no ARC key: fwd\.example\.org has no active DKIM key with an RSA signing key/],
+      ['key store', { forwarding: { 'fwd@example.org': ['x@elsewhere.test'] }, arcKey: new Error('EACCES') }, /the ARC key cannot be read/],
+      ['ed25519 key', { forwarding: { 'fwd@example.org': ['x@elsewhere.test'] }, arcKey: { ...ARC_KEY, algorithm: 'ed25519-sha256' } }, /ARC seals need an RSA key/],
+      ['sealer', { forwarding: { 'fwd@example.org': ['x@elsewhere.test'] }, seal: async () => ({ sealed: false, reason: 'ARC sealing failed: bad key', error: new Error('bad key') }) }, /ARC sealing failed: bad key/],
+    ];
+    for (const [what, opts, reason] of cases) {
+      const h = harness({ config: sealing(), ...opts });
+      await h.send(OPTNEG);
+      assert.deepEqual(names(await message(h, inbound, 'fwd@example.org')), ['Authentication-Results', 'continue'], what);
+      const r = h.reports[0]!;
+      assert.equal(r.action, 'accept', what);
+      assert.equal(r.arcSeal?.sealed, false, what);
+      assert.match(r.arcSeal!.reason!, reason, what);
+      assert.ok(r.arcSeal!.error, `${what}: the error is logged`);
+
+      const strict = harness({ config: sealing({ onError: 'tempfail' }), ...opts });
+      await strict.send(OPTNEG);
+      assert.deepEqual(names(await message(strict, inbound, 'fwd@example.org')), ['tempfail'], what);
+    }
   });
 });
 
