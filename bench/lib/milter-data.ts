@@ -2,7 +2,7 @@
 // also Ed25519) DKIM keys, SPF and DMARC records on the test DNS; inbound
 // messages of 5-20 KB signed by them; outbound messages from a domain whose
 // key is in mailwarden's key store (and, as PEM, in OpenDKIM's KeyTable);
-// and one 10 MB message of each kind for the memory check.
+// and large messages of each kind (10 and 30 MB) for the memory check.
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -10,8 +10,12 @@ import { dkimSign } from 'mailauth';
 import { DkimKeyStore, dnsRecordName, dnsRecordStrings, publicKeyBase64, type DkimKey } from '../../src/dkim/keys.ts';
 import type { BenchMessage } from './milter-types.ts';
 
+// Every name that is looked up in DNS ends in .example, not .test: OpenDKIM's
+// libunbound answers test. (RFC 6761) itself with NXDOMAIN and never asks
+// the test DNS (milter-peers.ts).
+
 /** Our domain: mailwarden signs for it from its key store, OpenDKIM from its KeyTable. */
-export const OUR_DOMAIN = 'ours.bench.test';
+export const OUR_DOMAIN = 'ours.bench.example';
 export const OUR_SELECTOR = 's2026';
 /** Inbound clients: every sender domain's SPF authorises this /24. */
 export const INBOUND_NET = '198.51.100';
@@ -31,8 +35,8 @@ export interface MilterDataset {
   readonly inbound: BenchMessage[];
   /** Outbound, unsigned messages from OUR_DOMAIN (sign phase). */
   readonly outbound: BenchMessage[];
-  readonly bigInbound: BenchMessage;
-  readonly bigOutbound: BenchMessage;
+  /** One large message of each kind per size asked for (memory check). */
+  readonly big: ReadonlyArray<{ readonly bytes: number; readonly inbound: BenchMessage; readonly outbound: BenchMessage }>;
   readonly zones: Record<string, unknown>;
   /** The RSA key mailwarden signs with (in its key store). */
   readonly ourKey: DkimKey;
@@ -98,7 +102,7 @@ async function sign(raw: string, keys: readonly SenderKey[]): Promise<string> {
 
 const b64 = (s: string) => Buffer.from(s, 'latin1').toString('base64');
 
-export async function generateMilterDataset(opts: { seed: number; messages: number; tmp: string; keyDir: string; bigBytes: number }): Promise<MilterDataset> {
+export async function generateMilterDataset(opts: { seed: number; messages: number; tmp: string; keyDir: string; bigSizes: readonly number[] }): Promise<MilterDataset> {
   const rand = prng(opts.seed);
   const zones: Record<string, unknown> = {};
   const mix: Record<string, number> = {};
@@ -108,7 +112,7 @@ export async function generateMilterDataset(opts: { seed: number; messages: numb
   const policies = ['none', 'quarantine', 'reject'] as const;
   const senders: Array<{ domain: string; keys: SenderKey[]; policy: string }> = [];
   for (let i = 0; i < 12; i++) {
-    const domain = `s${String(i + 1).padStart(2, '0')}.sender.test`;
+    const domain = `s${String(i + 1).padStart(2, '0')}.sender.example`;
     const keys: SenderKey[] = [{ domain, selector: 'rsa1', algorithm: 'rsa-sha256', privateKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey }];
     if (i % 4 === 3) keys.push({ domain, selector: 'ed1', algorithm: 'ed25519-sha256', privateKey: generateKeyPairSync('ed25519').privateKey });
     const policy = policies[i % 3]!;
@@ -176,7 +180,7 @@ export async function generateMilterDataset(opts: { seed: number; messages: numb
     inbound.push(await inboundMessage(i, size));
     outbound.push(outboundMessage(i, size));
   }
-  const bigInbound = await inboundMessage(1_000_000, opts.bigBytes);
-  const bigOutbound = outboundMessage(1_000_000, opts.bigBytes);
-  return { inbound, outbound, bigInbound, bigOutbound, zones, ourKey, ourKeyPemFile, mix, senderDomains: senders.length };
+  const big: Array<MilterDataset['big'][number]> = [];
+  for (const [k, bytes] of opts.bigSizes.entries()) big.push({ bytes, inbound: await inboundMessage(1_000_000 + k, bytes), outbound: outboundMessage(1_000_000 + k, bytes) });
+  return { inbound, outbound, big, zones, ourKey, ourKeyPemFile, mix, senderDomains: senders.length };
 }

@@ -106,7 +106,7 @@ export class MilterLink {
 
   static open(hop: MilterHop): Promise<MilterLink> {
     return new Promise((resolve, reject) => {
-      const sock = connect({ host: hop.host, port: hop.port });
+      const sock = connect(hop.endpoint);
       const t = setTimeout(() => { sock.destroy(); reject(new Error(`${hop.name}: no connection within 30 s`)); }, 30_000);
       sock.once('error', (err) => { clearTimeout(t); reject(new Error(`${hop.name}: ${err.message}`)); });
       sock.once('connect', () => {

@@ -3,11 +3,22 @@
 // resolv.conf naming the benchmark's test DNS (port 53 of a spare loopback
 // address) is bind-mounted over /etc/resolv.conf, and /dev/log is covered
 // with /dev/null (both OpenDKIM and OpenDMARC log to syslog unless told not
-// to). OpenDKIM is built with libunbound, which would recurse from the root
-// servers on its own and never asks 127/8 by default: an unbound config
-// (ResolverConfiguration) forwards everything to the test DNS too.
-// All listen on 127.0.0.1 high ports, run in the foreground (-f) under the
-// benchmark's watchdog, and keep configs, keys and pid files in the temp dir.
+// to). All listen on a UNIX socket in the temp dir (Debian's default for
+// OpenDKIM and OpenDMARC) or, with --transport inet, on 127.0.0.1 high ports;
+// they run in the foreground (-f) under the benchmark's watchdog and keep
+// configs, keys and pid files in the temp dir.
+//
+// OpenDKIM's resolver is libunbound (Debian 12's 2.11 build). Two things
+// kept it from ever reaching the test DNS, and one made it crash:
+// - libunbound answers the RFC 6761 names (test., invalid., onion., ...)
+//   itself, NXDOMAIN, from built-in local zones: the benchmark's DNS names
+//   are therefore under .example (milter-data.ts), which it does forward.
+// - `Nameservers` (ub_ctx_set_fwd) forwards to 127/8 without further
+//   configuration; no `ResolverConfiguration` file is needed.
+// - With `ResolverConfiguration`, OpenDKIM parses that unbound config file
+//   for every message (a new libunbound context per message), and unbound's
+//   config parser (flex) is not thread-safe: two messages at once killed it
+//   with "fatal flex scanner internal error--end of buffer missed".
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,8 +34,11 @@ export const OPENDMARC_AUTHSERV = 'opendmarc.bench.test';
 
 export type MilterKind = 'trivial' | 'mailwarden' | 'opendkim-verify' | 'opendkim-sign' | 'opendmarc';
 
+/** A UNIX socket path, or a loopback TCP port. */
+export type MilterEndpoint = { readonly path: string } | { readonly host: string; readonly port: number };
+
 export interface RunningMilter {
-  readonly port: number;
+  readonly endpoint: MilterEndpoint;
   readonly pid: number;
   stop(): Promise<void>;
   logTail(): string;
@@ -32,7 +46,7 @@ export interface RunningMilter {
 
 export interface MilterContext {
   readonly tmp: string;
-  readonly port: number;
+  readonly endpoint: MilterEndpoint;
   /** host:53 of the test DNS. */
   readonly dnsServer: string;
   readonly resolvConf: string;
@@ -53,7 +67,17 @@ async function daemon(ctx: MilterContext, name: string, command: string, args: r
   const log = path.join(ctx.tmp, `${name}.log`);
   const [cmd, full] = inNamespace(ctx.resolvConf, command, args);
   const d = await startDaemon(cmd, full, { log, name, ...(ctx.env ? { env: ctx.env } : {}) });
-  return { port: ctx.port, pid: d.pid, stop: () => d.stop(), logTail: () => d.logTail() };
+  return { endpoint: ctx.endpoint, pid: d.pid, stop: () => d.stop(), logTail: () => d.logTail() };
+}
+
+/** The endpoint in Postfix/mailwarden notation (unix:/path, inet:host:port). */
+export function postfixNotation(e: MilterEndpoint): string {
+  return 'path' in e ? `unix:${e.path}` : `inet:${e.host}:${e.port}`;
+}
+
+/** The endpoint in libmilter's notation (local:/path, inet:port@host). */
+function libmilterNotation(e: MilterEndpoint): string {
+  return 'path' in e ? `local:${e.path}` : `inet:${e.port}@${e.host}`;
 }
 
 export function mailwardenMilterConfig(ctx: MilterContext): string {
@@ -70,7 +94,7 @@ export function mailwardenMilterConfig(ctx: MilterContext): string {
     'dkim:',
     `  key_dir: ${ctx.keyDir}`,
     'milter:',
-    `  listen: inet:127.0.0.1:${ctx.port}`,
+    `  listen: ${postfixNotation(ctx.endpoint)}`,
     `  authserv_id: ${AUTHSERV_ID}`,
     '  timeout: 60s',
     '  signing:',
@@ -83,7 +107,7 @@ export async function startMilter(kind: MilterKind, ctx: MilterContext): Promise
   const dnsHost = ctx.dnsServer.split(':')[0]!;
   switch (kind) {
     case 'trivial':
-      return daemon(ctx, kind, process.execPath, [path.join(HERE, 'milter-trivial.ts'), '127.0.0.1', String(ctx.port)]);
+      return daemon(ctx, kind, process.execPath, [path.join(HERE, 'milter-trivial.ts'), postfixNotation(ctx.endpoint)]);
 
     case 'mailwarden': {
       writeFileSync(path.join(ctx.tmp, 'directory.yaml'), 'domains: {}\n');
@@ -96,19 +120,16 @@ export async function startMilter(kind: MilterKind, ctx: MilterContext): Promise
     case 'opendkim-sign': {
       const sign = kind === 'opendkim-sign';
       const conf = path.join(ctx.tmp, `${kind}.conf`);
-      const unboundConf = path.join(ctx.tmp, 'opendkim-unbound.conf');
-      writeFileSync(unboundConf, `server:\n  do-not-query-localhost: no\n  do-ip6: no\n  module-config: "iterator"\nforward-zone:\n  name: "."\n  forward-addr: ${dnsHost}\n`);
       const lines = [
         `# bench/milter.ts: ${sign ? 'sign only' : 'verify only'}, foreground, no syslog`,
         `Mode ${sign ? 's' : 'v'}`,
-        `Socket inet:${ctx.port}@127.0.0.1`,
+        `Socket ${libmilterNotation(ctx.endpoint)}`,
         `PidFile ${path.join(ctx.tmp, `${kind}.pid`)}`,
         'Syslog no',
         'UMask 007',
         `AuthservID ${OPENDKIM_AUTHSERV}`,
         'Canonicalization relaxed/relaxed',
-        // libunbound never asks 127/8 unless told (do-not-query-localhost): forward everything to the test DNS.
-        `ResolverConfiguration ${unboundConf}`,
+        // libunbound forwards to these (127/8 included); without them it would recurse from the root servers.
         `Nameservers ${dnsHost}`,
         'AlwaysAddARHeader yes',
         'RequireSafeKeys no',
@@ -131,7 +152,7 @@ export async function startMilter(kind: MilterKind, ctx: MilterContext): Promise
       const conf = path.join(ctx.tmp, 'opendmarc.conf');
       writeFileSync(conf, [
         '# bench/milter.ts: DMARC after OpenDKIM (its A-R trusted), SPF checked here, nothing rejected, no reports',
-        `Socket inet:${ctx.port}@127.0.0.1`,
+        `Socket ${libmilterNotation(ctx.endpoint)}`,
         `PidFile ${path.join(ctx.tmp, 'opendmarc.pid')}`,
         'Syslog false',
         `AuthservID ${OPENDMARC_AUTHSERV}`,

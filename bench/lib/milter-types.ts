@@ -3,8 +3,8 @@
 /** One milter the load generator talks to; a chain lists several, called in order per message like Postfix does. */
 export interface MilterHop {
   readonly name: string;
-  readonly host: string;
-  readonly port: number;
+  /** Where the milter listens: a UNIX socket path, or host and port. */
+  readonly endpoint: { readonly path: string } | { readonly host: string; readonly port: number };
 }
 
 export interface MilterRunParams {

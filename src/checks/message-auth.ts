@@ -20,6 +20,7 @@ import { arc, createSeal, dkimVerify } from 'mailauth';
 import { evaluateDmarc } from 'mailauth/lib/dmarc/index.js';
 import { forMailauth, type DnsResolver } from '../dns/resolver.ts';
 import { evaluateSpf, type SpfVerdict } from './spf.ts';
+import { DkimKeyRecordCache, type MailauthKeyCache } from './dkim-key-records.ts';
 import { spfMemoryKey, type SpfMemory, type SpfSource } from './spf-memory.ts';
 
 // Not in mailauth's typings: the A-R row formatter and the alignment helper authenticate() uses.
@@ -27,6 +28,7 @@ const tools = createRequire(import.meta.url)('mailauth/lib/tools.js') as {
   formatAuthHeaderRow(method: string, status: Record<string, unknown>, options?: { strict?: boolean }): string;
   formatDomain(domain: string): string;
   getAlignment(fromDomain: string, domainList: string[], strict: boolean): { domain: string } | false | undefined;
+  writeToStream(stream: NodeJS.WritableStream, input: Readable | Buffer): Promise<void>;
 };
 const libmime = createRequire(createRequire(import.meta.url).resolve('mailauth'))('libmime') as { foldLines(s: string, len: number): string };
 
@@ -58,6 +60,8 @@ export interface MessageAuthOptions {
   readonly spfMemory?: SpfMemory;
   /** Wall clock in ms for the memory (tests). */
   readonly now?: () => number;
+  /** Parsed key records across messages (default: one cache for the process, answers kept 60 s). */
+  readonly keyRecords?: DkimKeyRecordCache;
 }
 
 /** Where the SPF verdict came from: the policy service, an earlier message in the milter, computed now, or none (local submission). */
@@ -110,6 +114,33 @@ export interface ArcSealMaterial {
   readonly chainComment?: string;
 }
 
+/** Key records shared by every verification of this process (see dkim-key-records.ts). */
+const sharedKeyRecords = new DkimKeyRecordCache();
+
+const { DkimVerifier } = createRequire(import.meta.url)('mailauth/lib/dkim/dkim-verifier.js') as {
+  DkimVerifier: new (options: Record<string, unknown>) => NodeJS.WritableStream & {
+    keyCache: MailauthKeyCache; arc: object; headers?: unknown; seal?: unknown;
+    headerFrom?: string[]; fromFields?: unknown; envelopeFrom?: unknown; results?: unknown[];
+  };
+};
+
+/**
+ * mailauth's dkimVerify() (lib/dkim/verify.js), with our key cache in place of
+ * its per-message one, for DKIM-Signatures and (through arc.keyCache) the ARC
+ * chain alike. The result has verify.js's shape, hidden properties included.
+ */
+async function dkimVerifyWithKeys(message: Readable | Buffer, options: Record<string, unknown>, keys: MailauthKeyCache): Promise<Awaited<ReturnType<typeof dkimVerify>>> {
+  const verifier = new DkimVerifier(options);
+  verifier.keyCache = keys;
+  Object.defineProperty(verifier.arc, 'keyCache', { value: keys, enumerable: false, configurable: true, writable: true });
+  await tools.writeToStream(verifier, message);
+  const result = { headerFrom: verifier.headerFrom, fromFields: verifier.fromFields, envelopeFrom: verifier.envelopeFrom, results: verifier.results };
+  for (const name of ['headers', 'arc', 'seal'] as const) {
+    if (verifier[name]) Object.defineProperty(result, name, { enumerable: false, configurable: false, writable: false, value: verifier[name] });
+  }
+  return result as never;
+}
+
 /** Verifies one message. Never throws for DNS trouble (results become temperror); throws only on a broken stream. */
 export async function verifyMessage(message: Readable | Buffer, input: MessageAuthInput, resolver: DnsResolver, opts: MessageAuthOptions = {}): Promise<MessageAuthVerdict> {
   const started = performance.now();
@@ -120,13 +151,13 @@ export async function verifyMessage(message: Readable | Buffer, input: MessageAu
   spfPromise.catch(() => undefined);
   // dkimVerify computes the relaxed/sha256 body hash into this object (seal.bodyHash) while the body streams.
   const seal: { bodyHash?: string } | undefined = opts.prepareArcSeal ? {} : undefined;
-  const dkimResult = await dkimVerify(message, {
+  const dkimResult = await dkimVerifyWithKeys(message, {
     resolver: mailauthResolver,
     sender: input.sender,
     minBitLength,
     rejectRsaSha1: opts.rejectRsaSha1 ?? true,
     ...(seal ? { seal } : {}),
-  } as never);
+  }, (opts.keyRecords ?? sharedKeyRecords).forMessage(mailauthResolver));
   const [spf, arcResult] = await Promise.all([
     spfPromise,
     arc((dkimResult as unknown as { arc: never }).arc, { resolver: mailauthResolver, minBitLength, ip: input.clientIp || undefined } as never),

@@ -114,9 +114,12 @@ function serveConnection(socket: Socket, opts: MilterServerOptions): ConnectionH
           socket.destroy();
           return;
         }
-        for (const reply of replies) {
+        // All replies to one command in one write (end of message: header edits and the answer): one
+        // syscall and one wakeup of Postfix instead of one per reply.
+        if (replies.length > 0) {
           if (!socket.writable) return;
-          if (!socket.write(encodeReply(reply))) await drained(socket);
+          const bytes = replies.length === 1 ? encodeReply(replies[0]!) : Buffer.concat(replies.map((r) => encodeReply(r)));
+          if (!socket.write(bytes)) await drained(socket);
         }
         if (cmd.type === 'quit' || cmd.type === 'quitNc') {
           finish();
