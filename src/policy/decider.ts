@@ -2,15 +2,17 @@
 // `instance`, and the one log line per decision that answers "why was this
 // mail rejected?".
 import type { Logger } from 'pino';
-import { newMessageState, type PolicyEngine } from './engine.ts';
+import { newMessageState, type PolicyDecision, type PolicyEngine } from './engine.ts';
 import type { PolicyRequest } from './request.ts';
 import type { PolicyDecider, PolicySession } from './server.ts';
 
+/**
+ * The server's decide(): the action text, synchronously when the engine could
+ * decide from its caches, else a promise of it. Throws or rejects on internal
+ * failure (the server then answers the default action).
+ */
 export function policyDecider(engine: () => PolicyEngine, log: Logger): PolicyDecider {
-  return async (req: PolicyRequest, session: PolicySession): Promise<string> => {
-    const started = performance.now();
-    const msg = session.message(req.instance, newMessageState);
-    const decision = await engine().decide(req, msg);
+  const logged = (req: PolicyRequest, session: PolicySession, decision: PolicyDecision, started: number): string => {
     const quiet = decision.decidedBy === 'not_rcpt' || decision.decidedBy === 'counted';
     if (quiet ? log.isLevelEnabled('debug') : log.isLevelEnabled('info')) {
       const line = {
@@ -32,5 +34,13 @@ export function policyDecider(engine: () => PolicyEngine, log: Logger): PolicyDe
       else log.info(line, 'policy decision');
     }
     return decision.action;
+  };
+  return (req: PolicyRequest, session: PolicySession): string | Promise<string> => {
+    const started = performance.now();
+    const msg = session.message(req.instance, newMessageState);
+    // The facts behind a decision only go into its log line: not built when no line will be written.
+    const decision = engine().decideNow(req, msg, log.isLevelEnabled('info'));
+    if (decision instanceof Promise) return decision.then((d) => logged(req, session, d, started));
+    return logged(req, session, decision, started);
   };
 }

@@ -12,28 +12,38 @@
 // Pass is DUNNO, never OK (OK would skip the restrictions after us), plus a
 // Received-SPF PREPEND once per message. Reject texts carry no address:
 // Postfix itself prefixes "<address>: Recipient address rejected: ".
+//
+// One decision, two speeds: the decision is written once, as a synchronous
+// pass that reads every input (directory answers, DNSBL/FCrDNS/SPF verdicts)
+// from a cache. When all are there (a busy MX's steady state) it answers
+// without a promise. When one is missing, the pass asks for it and gives up;
+// decideNow() then fetches everything asked for at once, keeps the results
+// for this decision only, and runs the pass again, until it completes. So the
+// fast path and the slow path cannot disagree: they are the same code.
 import { NetworkList } from '../core/network.ts';
 import { checkDnsbl, checkRhsbl, type DnsblResult } from '../dns/dnsbl.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import { normalizeDomain, parseAddress } from '../core/address.ts';
 import type { LookupService } from '../lookup/service.ts';
-import { classifyRecipient, hasSenderSpecifiedRouting, type RecipientVerdict } from '../checks/recipient.ts';
-import { senderLoginAllowed } from '../checks/sender-login.ts';
+import { classifyRecipientWith, hasSenderSpecifiedRouting, type RecipientVerdict } from '../checks/recipient.ts';
+import { senderLoginWith } from '../checks/sender-login.ts';
+import { answerNow, type MapReader } from '../checks/map-reader.ts';
+import type { LookupResult, MapName } from '../lookup/maps.ts';
 import { evaluateHeloSpf, evaluateSpf, spfDeferText, spfRejectText, type SpfVerdict } from '../checks/spf.ts';
 import { checkFcrdns, type FcrdnsVerdict } from '../checks/fcrdns.ts';
 import { checkHelo, type HeloVerdict } from '../checks/helo.ts';
 import { checkSendRate, recordMessage } from '../checks/rate-limit.ts';
 import { checkGreylist } from '../checks/greylist.ts';
 import type { PolicyStateStore } from '../state/types.ts';
-import { needsPolicyState, type DnsListPolicy, type SmtpdPolicyConfig } from './config.ts';
+import { needsPolicyState, type DnsListPolicy, type RateLimitConfig, type SmtpdPolicyConfig } from './config.ts';
 import type { PolicyRequest } from './request.ts';
 import { VerdictCache } from './verdict-cache.ts';
 import { spfMemoryKey, type SpfMemory } from '../checks/spf-memory.ts';
 
 /** What the engine remembers about one message (one `instance`) on one connection. */
 export interface MessageState {
-  /** Client checks and SPF, started on the first RCPT and shared by the others. */
-  inbound?: Promise<InboundChecks>;
+  /** Client checks and SPF, made on the first RCPT that needs them and shared by the others. */
+  inbound?: InboundChecks;
   /** Recipients accepted so far (a DUNNO answered), for the recipient rate limit. */
   acceptedRecipients: number;
   /** The Received-SPF header went out with an accepted recipient. */
@@ -82,6 +92,109 @@ const DUNNO = 'DUNNO';
 /** Verdicts are reused for a minute: far below DNS TTLs, long enough for a client's burst of messages. */
 const VERDICT_TTL_MS = 60_000;
 const VERDICT_ENTRIES = 50_000;
+/**
+ * Temporary failures (SPF temperror, a DNSBL zone that timed out, FCrDNS
+ * temperror) are held this long, like a resolver's servfail-ttl: a broken
+ * domain costs one evaluation per client every few seconds instead of one per
+ * message, and a dead DNS server is not waited for by every message. Held
+ * verdicts stay temporary: they defer or annotate, never reject.
+ */
+export const TEMPORARY_HOLD_MS = 5_000;
+/** Not a RCPT (or an uncounted DATA): nothing to decide. Shared, so it is never modified. */
+const NOT_RCPT: PolicyDecision = Object.freeze({ action: DUNNO, decidedBy: 'not_rcpt', checks: Object.freeze({}) });
+
+type Fetched = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly err: unknown };
+
+/**
+ * The inputs of one decision that are not at hand yet: asked for by a pass,
+ * fetched together by settle(), and then read by the next pass. What was
+ * fetched wins over the caches, so one decision sees one answer per input,
+ * and failures (a directory error) come back as throws in the pass.
+ */
+class DecisionInputs {
+  /** Wall clock at the start of the decision. */
+  readonly now: number;
+  /** Whether the decision's `checks` are wanted (they only go into the log line). */
+  readonly facts: boolean;
+  /** Directory reads for the checks in src/checks (classifyRecipientWith...). */
+  readonly read: MapReader;
+  readonly #lookups: LookupService;
+  #fetched: Map<string, Fetched> | undefined;
+  #wanted: Map<string, Promise<unknown>> | undefined;
+
+  constructor(now: number, lookups: LookupService, facts: boolean) {
+    this.now = now;
+    this.facts = facts;
+    this.#lookups = lookups;
+    this.read = (map, key) => this.#lookup(map, key);
+  }
+
+  /** Whether the last pass asked for something. */
+  get waiting(): boolean {
+    return this.#wanted !== undefined;
+  }
+
+  /** Nothing was fetched for this decision yet: every input so far came from a cache. */
+  get fromCaches(): boolean {
+    return this.#fetched === undefined;
+  }
+
+  /** The value fetched for `key` in this decision; undefined if none was. Throws the fetch's error. */
+  fetched<T>(key: string): T | undefined {
+    if (this.#fetched === undefined) return undefined;
+    const f = this.#fetched.get(key);
+    if (f === undefined) return undefined;
+    if (f.ok) return f.value as T;
+    throw f.err;
+  }
+
+  /** Asks for `key` (once per decision) to be fetched before the next pass. */
+  want(key: string, fetch: () => Promise<unknown>): void {
+    const wanted = (this.#wanted ??= new Map());
+    if (wanted.has(key)) return;
+    let pending: Promise<unknown>;
+    try {
+      pending = fetch();
+    } catch (err) {
+      pending = Promise.reject(err);
+    }
+    wanted.set(key, pending);
+  }
+
+  /** The fetched value, or asks for it: for inputs that are never cached across decisions (greylist, rates). */
+  once<T>(key: string, fetch: () => Promise<T>): T | undefined {
+    const v = this.fetched<T>(key);
+    if (v === undefined) this.want(key, fetch);
+    return v;
+  }
+
+  /** Waits for everything asked for; each value or error is kept for the next pass. */
+  async settle(): Promise<void> {
+    const wanted = this.#wanted;
+    this.#wanted = undefined;
+    if (wanted === undefined) return;
+    const fetched = (this.#fetched ??= new Map());
+    await Promise.all(
+      Array.from(wanted, ([key, pending]) =>
+        pending.then(
+          (value) => void fetched.set(key, { ok: true, value }),
+          (err: unknown) => void fetched.set(key, { ok: false, err }),
+        ),
+      ),
+    );
+  }
+
+  #lookup(map: MapName, key: string): LookupResult | undefined {
+    if (this.#fetched !== undefined) {
+      const f = this.fetched<LookupResult>(`${map} ${key}`);
+      if (f !== undefined) return f;
+    }
+    const now = answerNow(this.#lookups, map, key);
+    if (now !== undefined) return now;
+    this.want(`${map} ${key}`, () => this.#lookups.lookup(map, key));
+    return undefined;
+  }
+}
 
 export class PolicyEngine {
   readonly config: SmtpdPolicyConfig;
@@ -93,6 +206,19 @@ export class PolicyEngine {
   readonly #spfSkip: NetworkList;
   /** Names a client must not claim in HELO: our host name (and, looked up per request, every domain we host). */
   readonly #ourNames: string[];
+  /** The configured send limits, or undefined when there are none. */
+  readonly #sendLimits: { messages?: RateLimitConfig; recipients?: RateLimitConfig } | undefined;
+  /** mynetworks (MYNETWORKS) and spf.skip_networks (SPF_SKIP) membership by client address: the lists are fixed for this engine. */
+  readonly #networkMemo = new Map<string, number>();
+  /** checkHelo's verdict and the name as a domain, by HELO name (not for address literals: those depend on the client). */
+  readonly #heloMemo = new Map<string, HeloFacts>();
+  /** Recipient verdicts and "is this HELO domain ours", for a second and never across a directory change (DirectoryMemo). */
+  readonly #recipientMemo = new Map<string, DirectoryMemo<RecipientVerdict>>();
+  readonly #hostedMemo = new Map<string, DirectoryMemo<boolean>>();
+  /** Recent (client, client_name, HELO, sender) combinations and their verdicts, each live as long as the shortest-lived of them. */
+  readonly #recentClients = new Map<string, ClientVerdicts>();
+  /** Temporary failures of the last few seconds, by check and key (TEMPORARY_HOLD_MS). */
+  readonly #held = new VerdictCache<unknown>(TEMPORARY_HOLD_MS, VERDICT_ENTRIES);
   /** Per-client and per-sender verdicts of the last minute (src/policy/verdict-cache.ts); gone on reload. */
   readonly #verdicts = {
     dnsbl: new VerdictCache<DnsblResult>(VERDICT_TTL_MS, VERDICT_ENTRIES),
@@ -112,6 +238,8 @@ export class PolicyEngine {
     this.#spfSkip = new NetworkList(deps.config.spf.skipNetworks);
     this.#ourNames = [deps.config.myhostname.toLowerCase()];
     const c = deps.config;
+    const { messages, recipients } = c.rateLimit;
+    this.#sendLimits = messages || recipients ? { ...(messages ? { messages } : {}), ...(recipients ? { recipients } : {}) } : undefined;
     if (needsPolicyState(c) && !deps.state) {
       throw new Error('policy: rate limits and greylisting need the shared state store');
     }
@@ -119,22 +247,75 @@ export class PolicyEngine {
 
   /** Throws on internal failure (directory down...): the server answers the default action. */
   async decide(req: PolicyRequest, msg: MessageState): Promise<PolicyDecision> {
+    return this.decideNow(req, msg);
+  }
+
+  /**
+   * The decision, synchronously when every input is cached, else a promise of
+   * it. Throws (or rejects) on internal failure, like decide(). With `facts`
+   * false the decision's `checks` stay sparse (the caller logs no line for it:
+   * building them was a tenth of a cached decision).
+   */
+  decideNow(req: PolicyRequest, msg: MessageState, facts = true): PolicyDecision | Promise<PolicyDecision> {
+    const x = new DecisionInputs(this.#now(), this.#lookups, facts);
+    const decision = this.#pass(req, msg, x);
+    return decision !== undefined ? decision : this.#complete(req, msg, x);
+  }
+
+  async #complete(req: PolicyRequest, msg: MessageState, x: DecisionInputs): Promise<PolicyDecision> {
+    for (;;) {
+      // A pass that neither decided nor asked for anything would never finish: a bug, answered as an internal error.
+      if (!x.waiting) throw new Error('policy decision incomplete, but no input is missing');
+      await x.settle();
+      const decision = this.#pass(req, msg, x);
+      if (decision !== undefined) return decision;
+    }
+  }
+
+  /** One synchronous pass: the decision, or undefined when an input had to be asked for. */
+  #pass(req: PolicyRequest, msg: MessageState, x: DecisionInputs): PolicyDecision | undefined {
     switch (req.protocolState.toUpperCase()) {
       case 'RCPT':
-        return this.#rcpt(req, msg);
+        return this.#rcpt(req, msg, x);
       case 'DATA':
-        return this.#data(req, msg);
+        return this.#data(req, msg, x);
       default:
         // CONNECT/HELO/MAIL (smtpd_delay_reject=no), END-OF-MESSAGE, VRFY, ETRN: nothing to decide here.
-        return { action: DUNNO, decidedBy: 'not_rcpt', checks: {} };
+        return NOT_RCPT;
     }
   }
 
   isTrustedNetwork(ip: string): boolean {
-    return this.#mynetworks.has(ip);
+    return (this.#networks(ip) & MYNETWORKS) !== 0;
   }
 
-  async #rcpt(req: PolicyRequest, msg: MessageState): Promise<PolicyDecision> {
+  #networks(ip: string): number {
+    let flags = this.#networkMemo.get(ip);
+    if (flags === undefined) {
+      flags = (this.#mynetworks.has(ip) ? MYNETWORKS : 0) | (this.#spfSkip.has(ip) ? SPF_SKIP : 0);
+      if (ip.length <= MEMO_KEY_MAX) {
+        if (this.#networkMemo.size >= MEMO_ENTRIES) this.#networkMemo.clear();
+        this.#networkMemo.set(ip, flags);
+      }
+    }
+    return flags;
+  }
+
+  #helo(helo: string, clientIp: string): HeloFacts {
+    // A literal is judged against the client address: not one verdict per name.
+    const memo = helo.length <= MEMO_KEY_MAX && !helo.includes('[');
+    let facts = memo ? this.#heloMemo.get(helo) : undefined;
+    if (facts === undefined) {
+      facts = { verdict: checkHelo({ helo, clientIp, ourNames: this.#ourNames }), domain: normalizeDomain(helo) };
+      if (memo) {
+        if (this.#heloMemo.size >= MEMO_ENTRIES) this.#heloMemo.clear();
+        this.#heloMemo.set(helo, facts);
+      }
+    }
+    return facts;
+  }
+
+  #rcpt(req: PolicyRequest, msg: MessageState, x: DecisionInputs): PolicyDecision | undefined {
     const c = this.config;
     const checks: CheckFacts = {};
     const sasl = req.saslUsername !== '';
@@ -143,8 +324,9 @@ export class PolicyEngine {
     else if (trusted) checks['mynetworks'] = true;
 
     // 1-2. Where the recipient lives.
-    const rcpt = await classifyRecipient(this.#lookups, req.recipient);
-    checks['recipient'] = recipientFacts(rcpt);
+    const rcpt = this.#fromDirectory(x, this.#recipientMemo, req.recipient, (read) => classifyRecipientWith(read, req.recipient));
+    if (rcpt === undefined) return undefined;
+    if (x.facts) checks['recipient'] = recipientFacts(rcpt);
     if (!trusted && hasSenderSpecifiedRouting(req.recipient)) {
       return reject('relay', checks, '554 5.7.1 Relay access denied (sender-specified routing)');
     }
@@ -159,14 +341,16 @@ export class PolicyEngine {
     // 3. Submission: the login must own the sender, and stay within its send rate.
     if (sasl) {
       if (c.senderLogin) {
-        const owner = await senderLoginAllowed(this.#lookups, req.saslUsername, req.sender);
-        checks['sender_login'] = { allowed: owner.allowed, owners: owner.owners, rule: owner.rule };
+        const owner = senderLoginWith(x.read, req.saslUsername, req.sender);
+        if (owner === undefined) return undefined;
+        if (x.facts) checks['sender_login'] = { allowed: owner.allowed, owners: owner.owners, rule: owner.rule };
         if (!owner.allowed) {
           return reject('sender_login', checks, `553 5.7.1 Sender address <${clean(req.sender)}> not owned by user ${clean(req.saslUsername)}`);
         }
       }
-      const limited = await this.#rateAtRcpt(req, msg, checks);
-      if (limited) return limited;
+      const limited = this.#rateAtRcpt(req, msg, x, checks);
+      if (limited === undefined) return undefined;
+      if (limited !== WITHIN_LIMITS) return limited;
       msg.acceptedRecipients++;
       return { action: DUNNO, decidedBy: 'authenticated', checks };
     }
@@ -176,15 +360,13 @@ export class PolicyEngine {
     }
 
     // 5. Inbound from the internet: client reputation and SPF, once per message.
-    msg.inbound ??= this.#inboundChecks(req);
-    let inbound: InboundChecks;
-    try {
-      inbound = await msg.inbound;
-    } catch (err) {
-      msg.inbound = undefined; // let the next recipient try again
-      throw err;
+    let inbound = msg.inbound;
+    if (inbound === undefined) {
+      inbound = this.#inboundChecks(req, x);
+      if (inbound === undefined) return undefined;
+      msg.inbound = inbound;
     }
-    const verdict = this.#judgeInbound(req, inbound, checks);
+    const verdict = this.#judgeInbound(req, inbound, checks, x.facts);
     if (verdict) return verdict;
 
     if (c.greylist) {
@@ -192,8 +374,10 @@ export class PolicyEngine {
       if (spfPass) {
         checks['greylist'] = 'skipped: spf pass';
       } else {
-        const g = await checkGreylist(this.#state!, { clientIp: req.clientAddress, sender: req.sender, recipient: req.recipient, now: this.#now() }, c.greylist);
-        checks['greylist'] = { result: g.result, triplet: g.triplet, ...(g.retryAfterMs !== undefined ? { retry_after_s: Math.ceil(g.retryAfterMs / 1000) } : {}) };
+        const settings = c.greylist;
+        const g = x.once('greylist', () => checkGreylist(this.#state!, { clientIp: req.clientAddress, sender: req.sender, recipient: req.recipient, now: x.now }, settings));
+        if (g === undefined) return undefined;
+        if (x.facts) checks['greylist'] = { result: g.result, triplet: g.triplet, ...(g.retryAfterMs !== undefined ? { retry_after_s: Math.ceil(g.retryAfterMs / 1000) } : {}) };
         if (g.result === 'greylisted') {
           const wait = Math.max(1, Math.ceil((g.retryAfterMs ?? c.greylist.delayMs) / 1000));
           return { action: `DEFER_IF_PERMIT 4.7.1 Greylisted, please try again in ${wait} seconds`, decidedBy: 'greylist', checks };
@@ -205,33 +389,34 @@ export class PolicyEngine {
     const spf = inbound.spf ?? inbound.heloSpf;
     if (spf && !msg.prepended) {
       msg.prepended = true;
-      return { action: `PREPEND ${oneLine(spf.receivedSpf)}`, decidedBy: 'pass', checks };
+      return { action: prependAction(spf), decidedBy: 'pass', checks };
     }
     return { action: DUNNO, decidedBy: 'pass', checks };
   }
 
   /** DATA: count the message once against the login's send rate (recipient_count is known here). */
-  async #data(req: PolicyRequest, msg: MessageState): Promise<PolicyDecision> {
-    const limits = this.#limits();
-    if (req.saslUsername === '' || !limits || msg.counted) return { action: DUNNO, decidedBy: 'not_rcpt', checks: {} };
-    msg.counted = true;
+  #data(req: PolicyRequest, msg: MessageState, x: DecisionInputs): PolicyDecision | undefined {
+    const limits = this.#sendLimits;
+    if (req.saslUsername === '' || !limits) return NOT_RCPT;
     const recipients = req.recipientCount || msg.acceptedRecipients || 1;
-    await recordMessage(this.#state!, { login: loginKey(req.saslUsername), recipients, now: this.#now() }, limits);
+    if (x.fetched<true>('count') === undefined) {
+      if (msg.counted) return NOT_RCPT;
+      // Marked before the write: at most one count per message, even when this decision fails or times out.
+      msg.counted = true;
+      x.want('count', () => recordMessage(this.#state!, { login: loginKey(req.saslUsername), recipients, now: x.now }, limits).then(() => true));
+      return undefined;
+    }
     return { action: DUNNO, decidedBy: 'counted', checks: { sasl: req.saslUsername, rate: { counted_recipients: recipients } } };
   }
 
-  #limits() {
-    const { messages, recipients } = this.config.rateLimit;
-    if (!messages && !recipients) return undefined;
-    return { ...(messages ? { messages } : {}), ...(recipients ? { recipients } : {}) };
-  }
-
-  async #rateAtRcpt(req: PolicyRequest, msg: MessageState, checks: CheckFacts): Promise<PolicyDecision | undefined> {
-    const limits = this.#limits();
-    if (!limits) return undefined;
-    const rate = await checkSendRate(this.#state!, { login: loginKey(req.saslUsername), now: this.#now(), pendingRecipients: msg.acceptedRecipients }, limits);
-    checks['rate'] = { messages: rate.messages, recipients: rate.recipients, ...(rate.limit ? { limit: rate.limit } : {}) };
-    if (rate.allowed) return undefined;
+  /** WITHIN_LIMITS, the 450 decision, or undefined while the counters are being read. */
+  #rateAtRcpt(req: PolicyRequest, msg: MessageState, x: DecisionInputs, checks: CheckFacts): PolicyDecision | typeof WITHIN_LIMITS | undefined {
+    const limits = this.#sendLimits;
+    if (!limits) return WITHIN_LIMITS;
+    const rate = x.once('rate', () => checkSendRate(this.#state!, { login: loginKey(req.saslUsername), now: x.now, pendingRecipients: msg.acceptedRecipients }, limits));
+    if (rate === undefined) return undefined;
+    if (x.facts) checks['rate'] = { messages: rate.messages, recipients: rate.recipients, ...(rate.limit ? { limit: rate.limit } : {}) };
+    if (rate.allowed) return WITHIN_LIMITS;
     const l = rate.limit === 'recipients' ? limits.recipients! : limits.messages!;
     const wait = rate.retryAfterMs === undefined ? '' : `, try again in ${Math.max(1, Math.ceil(rate.retryAfterMs / 60_000))} minutes`;
     return {
@@ -241,63 +426,169 @@ export class PolicyEngine {
     };
   }
 
-  async #inboundChecks(req: PolicyRequest): Promise<InboundChecks> {
-    const c = this.config;
-    const ip = req.clientAddress;
-    const r = this.#resolver;
-    const now = this.#now();
-    const senderDomain = req.sender === '' ? undefined : parseAddress(req.sender)?.domain ?? normalizeDomain(req.sender.slice(req.sender.lastIndexOf('@') + 1));
-    const runSpf = c.spf.enabled && !this.#spfSkip.has(ip);
-    const spfInput = { clientIp: ip, helo: req.heloName, sender: req.sender, receiver: c.myhostname };
-    const caches = this.#verdicts;
-    const cleanList = (x: DnsblResult) => x.errors.length === 0;
-    const spfKept = (v: SpfVerdict) => v.result !== 'temperror';
-    const [dnsbl, rhsbl, fcrdns, heloSpf, spf] = await Promise.all([
-      c.dnsbl ? caches.dnsbl.through(ip, now, () => checkDnsbl(ip, c.dnsbl!.sites, r, { reasons: c.dnsbl!.action !== 'warn' }), cleanList) : undefined,
-      c.rhsbl && senderDomain ? caches.rhsbl.through(senderDomain, now, () => checkRhsbl(senderDomain, c.rhsbl!.sites, r, { reasons: c.rhsbl!.action !== 'warn' }), cleanList) : undefined,
-      c.fcrdns !== 'ignore'
-        ? caches.fcrdns.through(`${ip} ${req.clientName}`, now, () => checkFcrdns({ clientIp: ip, clientName: req.clientName, reverseClientName: req.reverseClientName }, r), (v) => v.result !== 'temperror')
-        : undefined,
-      // With a null sender the MAIL FROM check already is the HELO check.
-      runSpf && c.spf.helo && req.sender !== '' ? caches.spf.through(`helo ${ip} ${req.heloName.toLowerCase()}`, now, () => evaluateHeloSpf(spfInput, r), spfKept) : undefined,
-      // The whole sender is in the key: SPF macros (%{l}) and the header's envelope-from depend on it.
-      runSpf ? caches.spf.through(spfMemoryKey(ip, req.heloName, req.sender), now, () => evaluateSpf(spfInput, r), spfKept) : undefined,
-    ]);
-    let helo = c.helo !== 'ignore' ? checkHelo({ helo: req.heloName, clientIp: ip, ourNames: this.#ourNames }) : undefined;
-    if (helo?.result === 'pass' && (await this.#isHostedDomain(req.heloName))) {
-      // A stranger greeting with one of our own domains (HELO example.org) is claiming to be us.
-      helo = { result: 'forged', detail: `${req.heloName} is a domain hosted here` };
+  /**
+   * A verdict from this decision's fetches, the verdict cache or the hold of
+   * temporary failures; else asks for it (computed, then stored when `keep`
+   * allows, or held for TEMPORARY_HOLD_MS when it is a temporary failure).
+   */
+  #verdict<T>(
+    x: DecisionInputs, life: Life, name: string, cache: VerdictCache<T>, key: string,
+    compute: () => Promise<T>, keep: (value: T) => boolean,
+  ): T | undefined {
+    const fetched = x.fetched<T>(name);
+    if (fetched !== undefined) {
+      life.expires = -Infinity; // fetched for this decision: not remembered beyond it (the caches have it now)
+      return fetched;
     }
+    const hit = cache.entry(key, x.now) ?? (this.#held.entry(`${name} ${key}`, x.now) as { readonly value: T; readonly expires: number } | undefined);
+    if (hit !== undefined) {
+      if (hit.expires < life.expires) life.expires = hit.expires;
+      return hit.value;
+    }
+    x.want(name, async () => {
+      const value = await compute();
+      if (keep(value)) cache.set(key, value, x.now);
+      else this.#held.set(`${name} ${key}`, value, x.now);
+      return value;
+    });
+    return undefined;
+  }
+
+  /** The client checks of a message: the DNS-based verdicts and the HELO name; undefined until all are at hand. */
+  #inboundChecks(req: PolicyRequest, x: DecisionInputs): InboundChecks | undefined {
+    const c = this.config;
+    const v = this.#clientVerdicts(req, x);
+    let missing = v === undefined;
+    let helo: HeloVerdict | undefined;
+    if (c.helo !== 'ignore') {
+      const facts = this.#helo(req.heloName, req.clientAddress);
+      helo = facts.verdict;
+      const hosted = helo.result === 'pass' ? this.#isHostedDomain(x, facts.domain) : false;
+      if (hosted === undefined) missing = true;
+      // A stranger greeting with one of our own domains (HELO example.org) is claiming to be us.
+      else if (hosted) helo = { result: 'forged', detail: `${req.heloName} is a domain hosted here` };
+    }
+    if (missing || v === undefined) return undefined;
     return {
-      ...(dnsbl ? { dnsbl } : {}),
-      ...(rhsbl ? { rhsbl } : {}),
-      ...(fcrdns ? { fcrdns } : {}),
+      ...(v.dnsbl ? { dnsbl: v.dnsbl } : {}),
+      ...(v.rhsbl ? { rhsbl: v.rhsbl } : {}),
+      ...(v.fcrdns ? { fcrdns: v.fcrdns } : {}),
       ...(helo ? { helo } : {}),
-      ...(heloSpf ? { heloSpf } : {}),
-      ...(spf ? { spf } : {}),
+      ...(v.heloSpf ? { heloSpf: v.heloSpf } : {}),
+      ...(v.spf ? { spf: v.spf } : {}),
     };
   }
 
-  async #isHostedDomain(name: string): Promise<boolean> {
-    const domain = normalizeDomain(name);
+  /**
+   * The DNS-based verdicts about a client, HELO name and sender: from the
+   * memory of recent (client, HELO, sender) combinations when one is live,
+   * else from the verdict caches (one pass asks for every missing verdict, so a
+   * cold cache fetches them in parallel); undefined until all are at hand.
+   */
+  #clientVerdicts(req: PolicyRequest, x: DecisionInputs): ClientVerdicts | undefined {
+    const c = this.config;
+    const ip = req.clientAddress;
+    // Everything the verdict keys below are made of (the config is fixed for this engine).
+    const key = `${ip}\n${req.clientName}\n${req.heloName}\n${req.sender}`;
+    const remember = key.length <= RECENT_KEY_MAX;
+    if (remember) {
+      const recent = this.#recentClients.get(key);
+      if (recent !== undefined && recent.expires > x.now) return recent;
+    }
+    const r = this.#resolver;
+    const caches = this.#verdicts;
+    const life: Life = { expires: Infinity };
+    let missing = false;
+
+    let dnsbl: DnsblResult | undefined;
+    if (c.dnsbl) {
+      const list = c.dnsbl;
+      dnsbl = this.#verdict(x, life, 'dnsbl', caches.dnsbl, ip, () => checkDnsbl(ip, list.sites, r, { reasons: list.action !== 'warn' }), cleanList);
+      if (dnsbl === undefined) missing = true;
+    }
+    let rhsbl: DnsblResult | undefined;
+    if (c.rhsbl) {
+      const list = c.rhsbl;
+      const senderDomain = req.sender === '' ? undefined : parseAddress(req.sender)?.domain ?? normalizeDomain(req.sender.slice(req.sender.lastIndexOf('@') + 1));
+      if (senderDomain) {
+        rhsbl = this.#verdict(x, life, 'rhsbl', caches.rhsbl, senderDomain, () => checkRhsbl(senderDomain, list.sites, r, { reasons: list.action !== 'warn' }), cleanList);
+        if (rhsbl === undefined) missing = true;
+      }
+    }
+    let fcrdns: FcrdnsVerdict | undefined;
+    if (c.fcrdns !== 'ignore') {
+      fcrdns = this.#verdict(
+        x, life, 'fcrdns', caches.fcrdns, `${ip} ${req.clientName}`,
+        () => checkFcrdns({ clientIp: ip, clientName: req.clientName, reverseClientName: req.reverseClientName }, r),
+        (v: FcrdnsVerdict) => v.result !== 'temperror',
+      );
+      if (fcrdns === undefined) missing = true;
+    }
+    let heloSpf: SpfVerdict | undefined;
+    let spf: SpfVerdict | undefined;
+    if (c.spf.enabled && (this.#networks(ip) & SPF_SKIP) === 0) {
+      const spfInput = { clientIp: ip, helo: req.heloName, sender: req.sender, receiver: c.myhostname };
+      // With a null sender the MAIL FROM check already is the HELO check.
+      if (c.spf.helo && req.sender !== '') {
+        heloSpf = this.#verdict(x, life, 'spf_helo', caches.spf, `helo ${ip} ${req.heloName.toLowerCase()}`, () => evaluateHeloSpf(spfInput, r), spfKept);
+        if (heloSpf === undefined) missing = true;
+      }
+      // The whole sender is in the key: SPF macros (%{l}) and the header's envelope-from depend on it.
+      spf = this.#verdict(x, life, 'spf', caches.spf, spfMemoryKey(ip, req.heloName, req.sender), () => evaluateSpf(spfInput, r), spfKept);
+      if (spf === undefined) missing = true;
+    }
+    if (missing) return undefined;
+    const verdicts: ClientVerdicts = { dnsbl, rhsbl, fcrdns, heloSpf, spf, expires: life.expires };
+    // Only what came from the caches, and only as long as the shortest-lived of them.
+    if (remember && life.expires > x.now) {
+      if (this.#recentClients.size >= VERDICT_ENTRIES) this.#recentClients.clear();
+      this.#recentClients.set(key, verdicts);
+    }
+    return verdicts;
+  }
+
+  #isHostedDomain(x: DecisionInputs, domain: string | undefined): boolean | undefined {
     if (!domain) return false;
-    const [mailbox, alias] = await Promise.all([
-      this.#lookups.lookup('virtual_mailbox_domains', domain),
-      this.#lookups.lookup('virtual_alias_domains', domain),
-    ]);
-    return mailbox.found || alias.found;
+    return this.#fromDirectory(x, this.#hostedMemo, domain, (read) => {
+      const mailbox = read('virtual_mailbox_domains', domain);
+      const alias = read('virtual_alias_domains', domain);
+      if (mailbox === undefined || alias === undefined) return undefined;
+      return mailbox.found || alias.found;
+    });
+  }
+
+  /**
+   * An answer derived from directory lookups, remembered for DIRECTORY_MEMO_MS
+   * when all its lookups came from the lookup cache: one Map read instead of
+   * several. Never across a lookup-cache flush (a directory change), never
+   * without a lookup cache (its TTL is the staleness the operator chose).
+   */
+  #fromDirectory<T>(x: DecisionInputs, memo: Map<string, DirectoryMemo<T>>, key: string, derive: (read: MapReader) => T | undefined): T | undefined {
+    const cache = this.#lookups.cache;
+    if (cache === undefined || key.length > MEMO_KEY_MAX) return derive(x.read);
+    const generation = cache.generation;
+    const known = memo.get(key);
+    if (known !== undefined && known.generation === generation && known.expires > x.now) return known.value;
+    const value = derive(x.read);
+    if (value !== undefined && x.fromCaches && cache.generation === generation) {
+      if (memo.size >= MEMO_ENTRIES) memo.clear();
+      memo.set(key, { value, generation, expires: x.now + DIRECTORY_MEMO_MS });
+    }
+    return value;
   }
 
   /** The first check that says no, in order of certainty; undefined = no objection. */
-  #judgeInbound(req: PolicyRequest, x: InboundChecks, checks: CheckFacts): PolicyDecision | undefined {
+  #judgeInbound(req: PolicyRequest, x: InboundChecks, checks: CheckFacts, facts: boolean): PolicyDecision | undefined {
     const c = this.config;
     const ip = clean(req.clientAddress);
-    if (x.dnsbl) checks['dnsbl'] = listFacts(x.dnsbl);
-    if (x.rhsbl) checks['rhsbl'] = listFacts(x.rhsbl);
-    if (x.fcrdns) checks['fcrdns'] = { result: x.fcrdns.result, ...(x.fcrdns.confirmedName ? { name: x.fcrdns.confirmedName } : {}), detail: x.fcrdns.detail };
-    if (x.helo) checks['helo'] = { result: x.helo.result, detail: x.helo.detail };
-    if (x.heloSpf) checks['spf_helo'] = spfFacts(x.heloSpf);
-    if (x.spf) checks['spf'] = spfFacts(x.spf);
+    if (facts) {
+      if (x.dnsbl) checks['dnsbl'] = listFacts(x.dnsbl);
+      if (x.rhsbl) checks['rhsbl'] = listFacts(x.rhsbl);
+      if (x.fcrdns) checks['fcrdns'] = { result: x.fcrdns.result, ...(x.fcrdns.confirmedName ? { name: x.fcrdns.confirmedName } : {}), detail: x.fcrdns.detail };
+      if (x.helo) checks['helo'] = { result: x.helo.result, detail: x.helo.detail };
+      if (x.heloSpf) checks['spf_helo'] = spfFacts(x.heloSpf);
+      if (x.spf) checks['spf'] = spfFacts(x.spf);
+    }
 
     const listed = (list: DnsListPolicy | undefined, res: DnsblResult | undefined, what: string, subject: string): PolicyDecision | undefined => {
       if (!list || !res) return undefined;
@@ -359,6 +650,66 @@ export class PolicyEngine {
         return undefined;
     }
   }
+}
+
+const MYNETWORKS = 1;
+const SPF_SKIP = 2;
+/** Per-engine memos of pure functions of the request (network membership, HELO syntax): bounded, started over when full. */
+const MEMO_ENTRIES = 20_000;
+/** Longer keys are computed each time (a 255-octet HELO name is already unusual). */
+const MEMO_KEY_MAX = 256;
+
+/** Longer (client, HELO, sender) keys are not remembered (a sender can be 8 KB long). */
+const RECENT_KEY_MAX = 1_024;
+
+/** The DNS-based verdicts about one client, HELO name and sender, and until when all of them are live. */
+interface ClientVerdicts {
+  readonly dnsbl: DnsblResult | undefined;
+  readonly rhsbl: DnsblResult | undefined;
+  readonly fcrdns: FcrdnsVerdict | undefined;
+  readonly heloSpf: SpfVerdict | undefined;
+  readonly spf: SpfVerdict | undefined;
+  readonly expires: number;
+}
+
+/** The earliest expiry among the verdicts a pass read (-Infinity: one was fetched by this decision). */
+interface Life {
+  expires: number;
+}
+
+/** How long an answer derived from the lookup cache is reused without asking it again. */
+export const DIRECTORY_MEMO_MS = 1_000;
+
+interface DirectoryMemo<T> {
+  readonly value: T;
+  /** The lookup cache's generation it was derived in. */
+  readonly generation: number;
+  readonly expires: number;
+}
+
+interface HeloFacts {
+  readonly verdict: HeloVerdict;
+  /** The HELO name as a domain (normalizeDomain), for the "is it one of ours" check. */
+  readonly domain: string | undefined;
+}
+
+/** #rateAtRcpt's "no objection". */
+const WITHIN_LIMITS = Symbol('within limits');
+
+/** DNSBL results with a failing zone are not reused: the next message asks again. */
+const cleanList = (x: DnsblResult): boolean => x.errors.length === 0;
+/** A temperror is not reused either. */
+const spfKept = (v: SpfVerdict): boolean => v.result !== 'temperror';
+
+/** The Received-SPF PREPEND, made once per verdict: a client's messages share it for the verdict's minute. */
+const prependActions = new WeakMap<SpfVerdict, string>();
+function prependAction(spf: SpfVerdict): string {
+  let action = prependActions.get(spf);
+  if (action === undefined) {
+    action = `PREPEND ${oneLine(spf.receivedSpf)}`;
+    prependActions.set(spf, action);
+  }
+  return action;
 }
 
 function reject(decidedBy: string, checks: CheckFacts, text: string): PolicyDecision {

@@ -3,6 +3,11 @@
 // decision, and no reply at all on malformed input (SMTPD_POLICY_README: "in
 // case of trouble the policy server must not send a reply ... log a warning
 // and disconnect").
+//
+// A decider that answers synchronously (every input cached) is answered in the
+// same tick that read the request: no promise, no deadline timer, and the
+// reply bytes of a repeated action come from a small cache. Only decisions
+// that wait for DNS or the directory take the async path with its deadline.
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { ServiceListen } from '../config/load.ts';
@@ -25,8 +30,11 @@ export interface PolicySession {
   message<T>(instance: string, create: () => T): T;
 }
 
-/** Resolves to the action text, e.g. 'DUNNO', 'REJECT 5.1.1 ...', 'PREPEND Received-SPF: pass ...'. */
-export type PolicyDecider = (request: PolicyRequest, session: PolicySession) => Promise<string>;
+/**
+ * The action text, e.g. 'DUNNO', 'REJECT 5.1.1 ...', 'PREPEND Received-SPF: pass ...':
+ * returned directly when the decision needed no waiting, else as a promise.
+ */
+export type PolicyDecider = (request: PolicyRequest, session: PolicySession) => string | Promise<string>;
 
 export interface PolicyServerOptions {
   readonly listen: ServiceListen;
@@ -37,7 +45,7 @@ export interface PolicyServerOptions {
   readonly defaultAction: string;
   /** Longest wait for one decision; keep it well under Postfix's smtpd_policy_service_timeout (100 s). */
   readonly deadlineMs: number;
-  /** Closes a connection without traffic for this long; default 330 s, past Postfix's own smtpd_policy_service_max_idle (300 s). */
+  /** Closes a connection without traffic for this long (up to a quarter more); default 330 s, past Postfix's own smtpd_policy_service_max_idle (300 s). */
   readonly idleTimeoutMs?: number;
   readonly limits?: Partial<PolicyCodecLimits>;
 }
@@ -48,6 +56,8 @@ export const POLICY_SERVER_DEFAULTS = {
   maxQueued: 8,
   /** After closing our side, how long a peer may take to close before we destroy the socket. */
   lingerMs: 2_000,
+  /** Encoded replies kept per server, by action text (DUNNO, PREPEND of a cached SPF verdict, common rejects). */
+  replyCacheEntries: 4_096,
 } as const;
 
 const POLICY_REQUEST = 'smtpd_access_policy';
@@ -55,11 +65,12 @@ const DUNNO = encodePolicyReply('DUNNO');
 
 interface Settings {
   readonly decide: PolicyDecider;
+  readonly replies: ReplyCache;
+  readonly idle: IdleSweeper;
   readonly log: Logger;
   readonly defaultReply: Buffer;
   readonly defaultAction: string;
   readonly deadlineMs: number;
-  readonly idleTimeoutMs: number;
   readonly limits: Partial<PolicyCodecLimits> | undefined;
 }
 
@@ -67,12 +78,13 @@ export async function startPolicyServer(opts: PolicyServerOptions): Promise<List
   if (!Number.isFinite(opts.deadlineMs) || opts.deadlineMs <= 0 || opts.deadlineMs > 2_147_483_647) throw new RangeError(`invalid policy deadlineMs: ${opts.deadlineMs}`);
   const settings: Settings = {
     decide: opts.decide,
+    replies: new ReplyCache(POLICY_SERVER_DEFAULTS.replyCacheEntries),
+    idle: new IdleSweeper(opts.idleTimeoutMs ?? POLICY_SERVER_DEFAULTS.idleTimeoutMs),
     log: opts.log,
     // Refused at startup rather than at the first failed decision.
     defaultReply: encodePolicyReply(opts.defaultAction),
     defaultAction: opts.defaultAction,
     deadlineMs: opts.deadlineMs,
-    idleTimeoutMs: opts.idleTimeoutMs ?? POLICY_SERVER_DEFAULTS.idleTimeoutMs,
     limits: opts.limits,
   };
   new PolicyRequestDecoder(settings.limits); // validates the limits now
@@ -83,6 +95,7 @@ class ConnectionSession implements PolicySession {
   readonly id: number;
   readonly peer: string;
   #client = '';
+  #clientPort = '';
   #connection: { value: unknown } | undefined;
   #instance = '';
   #message: { value: unknown } | undefined;
@@ -94,9 +107,9 @@ class ConnectionSession implements PolicySession {
 
   /** Called before each decision: a new SMTP client on this smtpd process drops the '' slot. */
   begin(request: PolicyRequest): void {
-    const client = `${request.clientAddress}:${request.clientPort}`;
-    if (client !== this.#client) {
-      this.#client = client;
+    if (request.clientAddress !== this.#client || request.clientPort !== this.#clientPort) {
+      this.#client = request.clientAddress;
+      this.#clientPort = request.clientPort;
       this.#connection = undefined;
     }
   }
@@ -139,9 +152,12 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
   let abandon: (() => void) | undefined;
 
   log.debug('connection opened');
-  socket.setTimeout(s.idleTimeoutMs);
+  // Idleness is noticed by the server's sweep (IdleSweeper), not by a socket timer refreshed on every read and write.
+  const idle: IdleConnection = { active: true, quiet: 0, busy: () => busy || head < queue.length, onIdle };
+  s.idle.add(idle);
 
   socket.on('data', (chunk: Buffer) => {
+    idle.active = true;
     if (stopping) return; // discard: we are closing, but keep reading so the kernel doesn't answer with RST
     let requests: readonly PolicyRequest[];
     try {
@@ -159,20 +175,20 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
     }
     for (const r of requests) queue.push(r);
     if (queue.length - head > POLICY_SERVER_DEFAULTS.maxQueued) socket.pause();
-    void run();
+    run();
   });
   socket.on('end', () => {
     // Postfix just closes; anything still queued has nobody to read the answer.
     stopping = true;
     if (decoder.buffered > 0) log.debug({ bytes: decoder.buffered }, 'peer closed in the middle of a request');
   });
-  socket.on('timeout', () => {
-    if (busy || head < queue.length) return; // a slow decision is not idleness
+  function onIdle(): void {
     log.debug('idle timeout');
     if (socket.writableEnded) socket.destroy();
     else finish();
-  });
+  }
   socket.once('close', () => {
+    s.idle.remove(idle);
     stopping = true;
     clearTimeout(linger);
     abandon?.();
@@ -181,33 +197,70 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
     log.debug('connection closed');
   });
 
-  /** Answers queued requests one at a time, in order. */
-  async function run(): Promise<void> {
+  /**
+   * Answers queued requests one at a time, in order: synchronous answers in
+   * this loop, an async one suspends it (busy) until its reply is written.
+   */
+  function run(): void {
     if (busy) return;
-    busy = true;
     try {
       while (head < queue.length && socket.writable) {
         const request = queue[head++]!;
         if (head === queue.length) {
-          queue = [];
+          queue.length = 0;
           head = 0;
         }
-        const reply = await answer(request);
-        if (!socket.writable) return;
-        if (!socket.write(reply)) await drained(socket);
-        if (draining) break; // shutdown: the in-flight request is answered, the rest is Postfix's to retry
-        if (!stopping && socket.isPaused() && queue.length - head <= POLICY_SERVER_DEFAULTS.maxQueued / 2) socket.resume();
+        const reply = answer(request);
+        if (reply instanceof Promise) {
+          busy = true;
+          reply.then(
+            (r) => {
+              busy = false;
+              if (socket.writable && send(r)) run();
+            },
+            (err: unknown) => {
+              busy = false;
+              failed(err);
+            },
+          );
+          return;
+        }
+        if (!send(reply)) return;
       }
       if (fatal || draining) finish();
     } catch (err) {
-      log.error({ err }, 'policy connection failed');
-      socket.destroy();
-    } finally {
-      busy = false;
+      failed(err);
     }
   }
 
-  async function answer(request: PolicyRequest): Promise<Buffer> {
+  /** Writes a reply; false when the loop must not go on now (shutdown, or waiting for the peer to read). */
+  function send(reply: Buffer): boolean {
+    idle.active = true;
+    if (!socket.write(reply)) {
+      busy = true;
+      void drained(socket).then(() => {
+        busy = false;
+        if (draining) finish();
+        else run();
+      });
+      return false;
+    }
+    if (draining) {
+      // Shutdown: the in-flight request is answered, the rest is Postfix's to retry.
+      finish();
+      return false;
+    }
+    if (!stopping && socket.isPaused() && queue.length - head <= POLICY_SERVER_DEFAULTS.maxQueued / 2) socket.resume();
+    return true;
+  }
+
+  function failed(err: unknown): void {
+    log.error({ err }, 'policy connection failed');
+    socket.destroy();
+  }
+
+  /** The reply, at once when the decider answered synchronously. */
+  function answer(request: PolicyRequest): Buffer | Promise<Buffer> {
     if (request.request !== POLICY_REQUEST) {
       // One warn line per connection: a confused client would otherwise flood the log.
       const level = warnedRequestName ? 'debug' : 'warn';
@@ -216,26 +269,37 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
       return DUNNO;
     }
     session.begin(request);
-    const outcome = await decideWithin(request);
-    if ('action' in outcome) {
-      try {
-        return encodePolicyReply(outcome.action);
-      } catch (err) {
-        log.error({ ...facts(request), err, action: s.defaultAction }, 'policy decision is not a valid action; answering the default action');
-        return s.defaultReply;
+    let decided: string | Promise<string>;
+    try {
+      decided = s.decide(request, session);
+    } catch (err) {
+      log.error({ ...facts(request), err, action: s.defaultAction }, 'policy decision failed; answering the default action');
+      return s.defaultReply;
+    }
+    if (typeof decided === 'string') return encoded(request, decided);
+    return decideWithin(request, decided).then((outcome) => {
+      if ('action' in outcome) return encoded(request, outcome.action);
+      if ('closed' in outcome) return s.defaultReply; // nobody left to answer
+      if ('err' in outcome) {
+        log.error({ ...facts(request), err: outcome.err, action: s.defaultAction }, 'policy decision failed; answering the default action');
+      } else {
+        log.error({ ...facts(request), deadlineMs: s.deadlineMs, action: s.defaultAction }, 'policy decision timed out; answering the default action');
       }
-    }
-    if ('closed' in outcome) return s.defaultReply; // nobody left to answer
-    if ('err' in outcome) {
-      log.error({ ...facts(request), err: outcome.err, action: s.defaultAction }, 'policy decision failed; answering the default action');
-    } else {
-      log.error({ ...facts(request), deadlineMs: s.deadlineMs, action: s.defaultAction }, 'policy decision timed out; answering the default action');
-    }
-    return s.defaultReply;
+      return s.defaultReply;
+    });
   }
 
-  /** decide() raced against the deadline; a result that comes later is dropped. */
-  function decideWithin(request: PolicyRequest): Promise<Outcome> {
+  function encoded(request: PolicyRequest, action: string): Buffer {
+    try {
+      return s.replies.get(action);
+    } catch (err) {
+      log.error({ ...facts(request), err, action: s.defaultAction }, 'policy decision is not a valid action; answering the default action');
+      return s.defaultReply;
+    }
+  }
+
+  /** A pending decision raced against the deadline; a result that comes later is dropped. */
+  function decideWithin(request: PolicyRequest, decided: Promise<string>): Promise<Outcome> {
     return new Promise<Outcome>((resolve) => {
       let settled = false;
       const settle = (outcome: Outcome, late: boolean) => {
@@ -250,13 +314,8 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
       };
       const timer = setTimeout(() => settle({ timedOut: true }, false), s.deadlineMs);
       abandon = () => settle({ closed: true }, false);
-      let pending: Promise<string>;
-      try {
-        pending = Promise.resolve(s.decide(request, session));
-      } catch (err) {
-        pending = Promise.reject(err);
-      }
-      pending.then(
+      // A thenable that is not a promise (or anything else a buggy decider returns) is normalised here.
+      Promise.resolve(decided).then(
         (action) => settle({ action }, true),
         (err: unknown) => settle({ err }, true),
       );
@@ -280,6 +339,88 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
       if (!busy) finish();
     },
   };
+}
+
+/** A connection as the idle sweep sees it. */
+interface IdleConnection {
+  /** Set on every read and reply; the sweep clears it. */
+  active: boolean;
+  /** Sweeps in a row that found the connection inactive. */
+  quiet: number;
+  /** A decision is running or requests wait: a slow decision is not idleness. */
+  busy(): boolean;
+  onIdle(): void;
+}
+
+/**
+ * One timer per server for idle connections: a connection inactive for
+ * SWEEPS sweeps in a row (idleTimeoutMs, at most a quarter more) is closed.
+ * Cheaper than socket.setTimeout(), whose timer Node re-arms on every read
+ * and every write; the timer runs only while there are connections.
+ */
+class IdleSweeper {
+  static readonly SWEEPS = 4;
+  readonly #intervalMs: number;
+  readonly #connections = new Set<IdleConnection>();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(idleTimeoutMs: number) {
+    this.#intervalMs = Math.min(2_147_483_647, Math.max(1, Math.ceil(idleTimeoutMs / IdleSweeper.SWEEPS)));
+  }
+
+  add(c: IdleConnection): void {
+    this.#connections.add(c);
+    this.#timer ??= setInterval(() => this.#sweep(), this.#intervalMs).unref();
+  }
+
+  remove(c: IdleConnection): void {
+    this.#connections.delete(c);
+    if (this.#connections.size === 0 && this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  #sweep(): void {
+    for (const c of this.#connections) {
+      if (c.active || c.busy()) {
+        c.active = false;
+        c.quiet = 0;
+      } else if (++c.quiet >= IdleSweeper.SWEEPS) {
+        c.quiet = 0;
+        c.onIdle();
+      }
+    }
+  }
+}
+
+/**
+ * Encoded replies by action text. Most replies repeat (DUNNO, the PREPEND of
+ * an SPF verdict every message of a client shares, 550 5.1.1), and a hit
+ * saves the framing check and the encoding. Bounded: when full it starts over.
+ */
+export class ReplyCache {
+  readonly #max: number;
+  #replies = new Map<string, Buffer>();
+
+  constructor(maxEntries: number) {
+    this.#max = maxEntries;
+  }
+
+  /** The reply for `action`; throws RangeError like encodePolicyReply() for one that cannot be framed. */
+  get(action: string): Buffer {
+    let reply = this.#replies.get(action);
+    if (reply === undefined) {
+      reply = encodePolicyReply(action);
+      if (this.#replies.size >= this.#max) this.#replies = new Map();
+      this.#replies.set(action, reply);
+    }
+    return reply;
+  }
+
+  get size(): number {
+    return this.#replies.size;
+  }
 }
 
 /** What the error line says about the request: enough to find the SMTP session in the Postfix log. */

@@ -14,13 +14,18 @@ export class VerdictCache<T> {
   }
 
   get(key: string, now: number): T | undefined {
+    return this.entry(key, now)?.value;
+  }
+
+  /** The live entry for `key`, with its expiry time (for memories derived from it, which must not outlive it). */
+  entry(key: string, now: number): { readonly value: T; readonly expires: number } | undefined {
     const e = this.#entries.get(key);
     if (e === undefined) return undefined;
     if (e.expires <= now) {
       this.#entries.delete(key);
       return undefined;
     }
-    return e.value;
+    return e;
   }
 
   set(key: string, value: T, now: number): void {

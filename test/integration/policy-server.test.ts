@@ -120,10 +120,16 @@ const DEADLINE_MS = 150;
 let stateCounter = 0;
 const lateResults: string[] = [];
 
-/** A fake policy: the recipient's local part chooses the behaviour. Deliberately not async, so it can throw synchronously. */
-function decide(req: PolicyRequest, session: PolicySession): Promise<string> {
+/**
+ * A fake policy: the recipient's local part chooses the behaviour. Deliberately not async, so it can throw
+ * synchronously; `sync...` recipients are answered synchronously, like a decision made from cached inputs.
+ */
+function decide(req: PolicyRequest, session: PolicySession): string | Promise<string> {
   const what = req.recipient.slice(0, req.recipient.indexOf('@'));
   if (what === 'throw') throw new Error('directory exploded');
+  if (what === 'syncinject') return 'REJECT 5.7.1 see TXT\naction=OK';
+  if (what === 'syncnothing') return undefined as unknown as string;
+  if (what.startsWith('sync')) return `DUNNO ${req.recipient} sync conn=${session.id}`;
   if (what === 'reject') return Promise.reject(new Error('DNS SERVFAIL'));
   if (what === 'hang') return new Promise<never>(() => {});
   if (what === 'inject') return Promise.resolve('REJECT 5.7.1 see TXT\naction=OK');
@@ -343,6 +349,33 @@ for (const [transport, where] of TRANSPORTS) {
       for (const r of many) assert.match((await c.next()) ?? '', new RegExp(`^DUNNO ${r} conn=`));
       assert.match((await c.ask(rcpt('last@example.org'))) ?? '', /^DUNNO last@/);
       c.socket.destroy();
+    });
+
+    it('answers synchronous and asynchronous decisions in request order, pipelined or not', async () => {
+      const c = await PolicyClient.connect(server.address);
+      const mixed = ['sync1', 'delay40-a', 'sync2', 'sync3', 'delay5-b', 'delay20-c', 'sync4', 'a', 'sync5'].map((l) => `${l}@example.org`);
+      c.send(Buffer.concat(mixed.map((r) => encodePolicyRequest(rcpt(r)))));
+      for (const r of mixed) assert.match((await c.next()) ?? '', new RegExp(`^DUNNO ${r}( |$)`));
+      for (const r of mixed) assert.match((await c.ask(rcpt(r))) ?? '', new RegExp(`^DUNNO ${r}( |$)`));
+      // Many synchronous answers from one packet, sent back before the next packet is read.
+      const many = Array.from({ length: 200 }, (_, i) => `sync-${i}@example.org`);
+      c.send(Buffer.concat(many.map((r) => encodePolicyRequest(rcpt(r)))));
+      for (const r of many) assert.match((await c.next()) ?? '', new RegExp(`^DUNNO ${r} sync conn=`));
+      c.socket.destroy();
+    });
+
+    it('answers the default action for a synchronous decision that cannot be framed or is not a string', async () => {
+      const { log, lines } = capturingLogger();
+      const s = await start({ log });
+      const c = await PolicyClient.connect(s.address);
+      assert.equal(await c.ask(rcpt('syncinject@example.org')), DEFAULT_ACTION);
+      assert.equal(await c.ask(rcpt('syncnothing@example.org')), DEFAULT_ACTION);
+      assert.match((await c.ask(rcpt('sync-ok@example.org'))) ?? '', /^DUNNO sync-ok@example\.org sync/);
+      const errors = lines.filter((l) => l['level'] === 'error');
+      assert.deepEqual(errors.map((e) => e['recipient']), ['syncinject@example.org', 'syncnothing@example.org']);
+      assert.ok(errors.every((e) => e['msg'] === 'policy decision is not a valid action; answering the default action'));
+      c.socket.destroy();
+      await s.close(100);
     });
 
     it('survives peers that vanish mid-request or before their answer', async () => {

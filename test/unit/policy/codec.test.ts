@@ -246,6 +246,29 @@ describe('PolicyRequestDecoder', () => {
     }
   });
 
+  it('gives the fields decodePolicyAttributes() gives for its attributes, in any order, with repeats, unknown names and odd numbers', () => {
+    const rand = rng(4242);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+    const names = [...POSTFIX_37_RCPT.map((l) => l.slice(0, l.indexOf('='))), 'tls_sni', 'compatibility_level', 'x', 'sender_', 'sende'];
+    const values = ['', 'yes', 'no', '0', '12', '007', '-1', '1e3', ' 7', 'RCPT', 'a@b.example', 'ü@ä.example', '2001:db8::1', 'v=1=2'];
+    for (let iteration = 0; iteration < 2000; iteration++) {
+      const attrs = new Map<string, string>();
+      const lines: string[] = [];
+      for (let n = Math.floor(rand() * 40); n > 0; n--) {
+        const name = pick(names);
+        const value = pick(values);
+        lines.push(`${name}=${value}`);
+        attrs.set(name, value);
+      }
+      const { requests, error } = decode([wire(lines, rand() < 0.2 ? '\r\n' : '\n')]);
+      assert.equal(error, undefined);
+      assert.equal(requests.length, 1);
+      const r = requests[0]!;
+      assert.deepEqual(fields(r), fields(decodePolicyAttributes(attrs)), lines.join('|'));
+      assert.deepEqual([...r.attributes], [...attrs], lines.join('|'));
+    }
+  });
+
   it('tolerates CRLF line ends, including a CR and LF in different chunks', () => {
     const crlf = wire(POSTFIX_37_RCPT, '\r\n');
     const expected = decode([wire(POSTFIX_37_RCPT)]).requests.map(snapshot);
