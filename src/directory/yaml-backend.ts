@@ -2,6 +2,7 @@
 // when the file changes (polled, so it also works across atomic renames and
 // editors that replace the file).
 import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import type { Document } from 'yaml';
 import type { Logger } from 'pino';
 import {
@@ -53,10 +54,7 @@ export class YamlDirectory implements DirectoryBackend {
   reload(): boolean {
     try {
       const { snapshot, identity } = readSnapshot(this.path);
-      this.#snapshot = snapshot;
-      this.#identity = identity;
-      this.log?.info({ path: this.path, mailboxes: snapshot.mailboxes.size, aliases: snapshot.aliases.size }, 'directory loaded');
-      for (const l of this.#listeners) l();
+      this.#install(snapshot, identity);
       return true;
     } catch (err) {
       this.log?.error({ path: this.path, err: (err as Error).message }, 'directory file invalid, keeping the previous version');
@@ -64,7 +62,37 @@ export class YamlDirectory implements DirectoryBackend {
     }
   }
 
+  /**
+   * reload(), with the parsing done by a worker thread: lookups keep being
+   * answered from the current snapshot until the new one is swapped in.
+   * Resolves false (old data kept) when the file is invalid.
+   */
+  async reloadInBackground(): Promise<boolean> {
+    const result = await new Promise<{ ok: true; snapshot: DirectorySnapshot; identity: FileIdentity | undefined } | { ok: false; code: string; message: string }>((resolve) => {
+      const worker = new Worker(new URL('./yaml-parse-worker.ts', import.meta.url), { workerData: { path: this.path } });
+      worker.once('message', resolve);
+      worker.once('error', (err) => resolve({ ok: false, code: 'unavailable', message: err.message }));
+      worker.once('exit', (code) => resolve({ ok: false, code: 'unavailable', message: `parse worker exited with code ${code}` }));
+    });
+    if (!result.ok) {
+      this.log?.error({ path: this.path, err: result.message }, 'directory file invalid, keeping the previous version');
+      return false;
+    }
+    this.#install(reviveSnapshot(result.snapshot), result.identity);
+    return true;
+  }
+
+  #install(snapshot: DirectorySnapshot, identity: FileIdentity | undefined): void {
+    this.#snapshot = snapshot;
+    this.#identity = identity;
+    this.log?.info({ path: this.path, mailboxes: snapshot.mailboxes.size, aliases: snapshot.aliases.size }, 'directory loaded');
+    for (const l of this.#listeners) l();
+  }
+
+  #reloading = false;
+
   #poll(): void {
+    if (this.#reloading) return;
     let id: FileIdentity | undefined;
     try {
       id = fileIdentity(this.path);
@@ -75,7 +103,10 @@ export class YamlDirectory implements DirectoryBackend {
     if (sameIdentity(id, this.#identity)) return;
     // Remember the identity even when invalid, so a bad file is reported once, not every poll.
     this.#identity = id;
-    this.reload();
+    this.#reloading = true;
+    this.reloadInBackground()
+      .catch((err: unknown) => this.log?.error({ path: this.path, err: (err as Error).message }, 'directory reload failed'))
+      .finally(() => { this.#reloading = false; });
   }
 
   get snapshot(): DirectorySnapshot {
@@ -263,6 +294,16 @@ function readDocument(path: string): { doc: Document; snapshot: DirectorySnapsho
   if (issues.length) throw new DirectoryError('invalid', issues.join('\n'));
   if (doc.contents === null) return { doc: emptyDocument(), snapshot };
   return { doc, snapshot };
+}
+
+/** readSnapshot() for the parse worker: the same, as data a worker can post (see yaml-parse-worker.ts). */
+export function readSnapshotData(path: string): { snapshot: DirectorySnapshot; identity: FileIdentity | undefined } {
+  return readSnapshot(path);
+}
+
+/** A posted snapshot back as a DirectorySnapshot (structured clone keeps the Maps, Dates and arrays, not the class). */
+function reviveSnapshot(data: DirectorySnapshot): DirectorySnapshot {
+  return Object.assign(new DirectorySnapshot(), data);
 }
 
 function readSnapshot(path: string): { snapshot: DirectorySnapshot; identity: FileIdentity | undefined } {
