@@ -38,7 +38,11 @@ const USAGE = `usage: node bench/dovecot.ts [options]
   --warmup S              unmeasured seconds before each lookup and repeated-login run (default 1)
   --only LIST             targets, in this order: ${TARGETS.join(',')} (default all)
   --ops LIST              userdb,login (default both)
+  --lookups LIST          first,repeated userdb lookups (default both): first = every mailbox once, mailwarden
+                          restarted before each run (empty cache); repeated = the --hot-users again and again
+  --hot-users N           mailboxes the repeated lookups cycle over, each looked up once right before the run (default 5000)
   --concurrency LIST      connections for userdb lookups (default 1,10,50)
+  --lua-blocking yes|no   the Lua passdb/userdb in auth-workers (yes, as shipped) or in the auth process itself (no)
   --login-concurrency LIST  connections for logins (default 1,10)
   --repeat N              run every row N times and report the median run (default 1)
   --mailboxes N           mailboxes in MariaDB (default 100000)
@@ -62,6 +66,9 @@ interface Options {
   warmup: number;
   only: TargetName[];
   ops: Array<'userdb' | 'login'>;
+  lookups: Array<'first' | 'repeated'>;
+  hotUsers: number;
+  luaBlocking: boolean;
   concurrency: number[];
   loginConcurrency: number[];
   repeat: number;
@@ -91,6 +98,7 @@ function parseOptions(argv: string[]): Options {
     args: argv,
     options: {
       seconds: { type: 'string' }, warmup: { type: 'string' }, only: { type: 'string' }, ops: { type: 'string' },
+      lookups: { type: 'string' }, 'hot-users': { type: 'string' }, 'lua-blocking': { type: 'string' },
       concurrency: { type: 'string' }, 'login-concurrency': { type: 'string' }, repeat: { type: 'string' },
       mailboxes: { type: 'string' }, domains: { type: 'string' }, 'first-logins': { type: 'string' }, 'login-users': { type: 'string' },
       seed: { type: 'string' }, 'pool-size': { type: 'string' }, mailwarden: { type: 'string' }, rev: { type: 'string' }, 'cpu-prof': { type: 'string' },
@@ -127,6 +135,9 @@ function parseOptions(argv: string[]): Options {
     warmup: num('warmup', values.warmup, 1),
     only: list('only', values.only, TARGETS),
     ops: list('ops', values.ops, ['userdb', 'login'] as const),
+    lookups: list('lookups', values.lookups, ['first', 'repeated'] as const),
+    hotUsers: Math.floor(num('hot-users', values['hot-users'], 5000, 1)),
+    luaBlocking: list('lua-blocking', values['lua-blocking'] ?? 'yes', ['yes', 'no'] as const)[0] !== 'no',
     concurrency: ints('concurrency', values.concurrency, '1,10,50'),
     loginConcurrency,
     repeat: Math.floor(num('repeat', values.repeat, 1, 1)),
@@ -318,12 +329,12 @@ async function main(): Promise<void> {
   mkdirSync(mwRoot);
   if (opts.rev) {
     const commit = execFileSync('git', ['-C', opts.mailwarden, 'rev-parse', '--verify', `${opts.rev}^{commit}`]).toString().trim();
-    const tar = execFileSync('git', ['-C', opts.mailwarden, 'archive', commit, 'src', 'bin', 'package.json'], { maxBuffer: 1 << 30 });
+    const tar = execFileSync('git', ['-C', opts.mailwarden, 'archive', commit, 'src', 'bin', 'package.json', 'dovecot-conf'], { maxBuffer: 1 << 30 });
     execFileSync('tar', ['-x', '-C', mwRoot], { input: tar });
     meta['mailwardenRevision'] = commit;
     progress(`benchmarking ${opts.mailwarden} at ${commit.slice(0, 12)} (${opts.rev})`);
   } else {
-    for (const part of ['src', 'bin', 'package.json']) cpSync(path.join(opts.mailwarden, part), path.join(mwRoot, part), { recursive: true });
+    for (const part of ['src', 'bin', 'package.json', 'dovecot-conf']) cpSync(path.join(opts.mailwarden, part), path.join(mwRoot, part), { recursive: true });
     progress(`benchmarking the working tree of ${opts.mailwarden} (copied now)`);
   }
   symlinkSync(path.join(opts.mailwarden, 'node_modules'), path.join(mwRoot, 'node_modules'));
@@ -334,6 +345,12 @@ async function main(): Promise<void> {
   const ds = generateDovecotDataset({ mailboxes: opts.mailboxes, domains: opts.domains, seed: opts.seed, loginUsers: opts.loginUsers, argon2: params });
   const lookupFile = path.join(tmp, 'userdb-lookups.txt');
   writeFileSync(lookupFile, `${ds.lookupOrder.join('\n')}\n`);
+  // Repeated lookups: a working set small enough for every cache, e.g. the recipients of the last minute.
+  // The trivial servers answer these as unknown users, as mailwarden and sql do.
+  const disabledFile = path.join(tmp, 'disabled.txt');
+  writeFileSync(disabledFile, `${ds.mailboxes.filter((m) => !m.enabled).map(address).join('\n')}\n`);
+  const hotFile = path.join(tmp, 'userdb-hot.txt');
+  writeFileSync(hotFile, `${ds.lookupOrder.slice(0, Math.min(opts.hotUsers, ds.lookupOrder.length)).join('\n')}\n`);
 
   progress('starting a private MariaDB (test/support/mariadb.ts)');
   const { startMariaDb } = await import('../test/support/mariadb.ts');
@@ -407,9 +424,10 @@ async function main(): Promise<void> {
       otherCpuShare: r.otherCpuShare, stealShare: r.stealShare,
       ...(all.length > 1 ? { repeats: all } : {}),
       ...(phase === 'first login' && r.exhausted ? { exhausted: true } : {}),
+      ...(phase === 'first lookup' && r.wrapped ? { wrapped: true } : {}),
       ...(argon2CpuMs !== undefined ? { argon2CpuMs } : {}),
     });
-    const ms = phase !== 'userdb';
+    const ms = phase.endsWith('login');
     const show = (us: number | undefined) => (us === undefined ? '—' : ms ? `${(us / 1000).toFixed(2)} ms` : `${us.toFixed(0)} µs`);
     progress(`  ${TARGET_INFO[target].label} ${phase} C=${c}: ${fmt(r.opsPerSecond)}/s${all.length > 1 ? ` (median of ${all.map(fmt).join(', ')})` : ''}, `
       + `${argon2CpuMs !== undefined ? `argon2id verify around it ${argon2CpuMs.toFixed(1)} ms CPU, ` : ''}`
@@ -463,7 +481,7 @@ async function main(): Promise<void> {
       }
       if (target === 'trivial-dict') {
         const sample = ds.mailboxes[0]!;
-        const d = await startDaemon(process.execPath, [path.join(ROOT, 'bench/lib/dovecot-trivial-dict.ts'), dictSocket, userdbJson(sample)], { log: path.join(dir, 'trivial-dict.log'), name: 'trivial-dict' });
+        const d = await startDaemon(process.execPath, [path.join(ROOT, 'bench/lib/dovecot-trivial-dict.ts'), dictSocket, userdbJson(sample), disabledFile], { log: path.join(dir, 'trivial-dict.log'), name: 'trivial-dict' });
         await waitForSocket(dictSocket, 10_000, () => !d.exited, 'trivial dict server');
         cpuPids['server'] = d.pid;
         stops.push(() => d.stop());
@@ -471,24 +489,24 @@ async function main(): Promise<void> {
       } else if (target === 'trivial-http') {
         const port = await freePort();
         const sample = ds.mailboxes[0]!;
-        const d = await startDaemon(process.execPath, [path.join(ROOT, 'bench/lib/dovecot-trivial-http.ts'), String(port), userdbJson(sample)], { log: path.join(dir, 'trivial-http.log'), name: 'trivial-http' });
+        const d = await startDaemon(process.execPath, [path.join(ROOT, 'bench/lib/dovecot-trivial-http.ts'), String(port), userdbJson(sample), disabledFile], { log: path.join(dir, 'trivial-http.log'), name: 'trivial-http' });
         await waitForPort(port, 10_000, () => !d.exited, 'trivial HTTP server');
         cpuPids['server'] = d.pid;
         stops.push(() => d.stop());
-        conf = await luaConf(dir, `http://127.0.0.1:${port}`, secret);
+        conf = await luaConf(mwRoot, dir, `http://127.0.0.1:${port}`, secret, opts.luaBlocking);
       } else if (target === 'sql') {
         conf = await sqlConf(dir, { socket: db.socket, database: dbName, ...sqlUser, vmail, ...nobody });
       } else if (target === 'dict') {
         conf = await dictConf(dir, 'mailwarden', dictSocket);
       } else if (target === 'lua') {
         const port = Number(/inet:127\.0\.0\.1:(\d+)/.exec(readFileSync(mwConfig, 'utf8'))![1]);
-        conf = await luaConf(dir, `http://127.0.0.1:${port}`, secret);
+        conf = await luaConf(mwRoot, dir, `http://127.0.0.1:${port}`, secret, opts.luaBlocking);
       } else {
         const program = path.join(mwRoot, 'bin/mailwarden-checkpassword');
         const node = path.join(mwRoot, 'node_modules/node/bin/node');
         const authAsRoot = !(reachableByDovecotUser(program) && reachableByDovecotUser(node) && reachableByDovecotUser(mwConfig));
         if (authAsRoot) progress('  the checkpassword program is out of the dovecot user\'s reach here: Dovecot\'s auth process runs as root');
-        conf = await checkpasswordConf(ROOT, program, mwConfig, authAsRoot);
+        conf = await checkpasswordConf(mwRoot, program, mwConfig, authAsRoot);
       }
 
       const dc = await startDovecot({ conf });
@@ -504,7 +522,7 @@ async function main(): Promise<void> {
           const want = [`USER ${address(enabled)}`, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`).sort()].join(' ');
           const trivial = target.startsWith('trivial');
           if (!trivial && got !== want) throw new Error(`${info.label}: userdb ${address(enabled)} answered ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
-          if (!trivial && disabled) {
+          if (disabled) {
             const off = await masterUser(masterSocket, address(disabled));
             if (!off.startsWith('NOTFOUND\t')) throw new Error(`${info.label}: userdb of the disabled ${address(disabled)} answered ${JSON.stringify(off)}`);
           }
@@ -517,11 +535,30 @@ async function main(): Promise<void> {
 
         const base = { dovecotMaster: master, cpuPids, durationMs, collectOk: false } as const;
         if (info.lookups && wantLookups) {
-          for (const c of opts.concurrency) {
-            const { best, all } = await medianOf(opts, () => loadgen.run({
-              ...base, kind: 'userdb', socket: masterSocket, items: lookupFile, concurrency: c, mode: 'cycle', warmupMs: opts.warmup * 1000, service: 'lmtp',
-            }));
-            record(target, 'userdb', c, best, all);
+          const lookup = { ...base, kind: 'userdb', socket: masterSocket, mode: 'cycle', warmupMs: opts.warmup * 1000, service: 'lmtp' } as const;
+          if (opts.lookups.includes('first')) {
+            for (const c of opts.concurrency) {
+              const { best, all } = await medianOf(opts, async () => {
+                // An empty answer cache: every lookup in the run is a mailbox not seen since mailwarden started.
+                if (mailwarden && startMailwarden) {
+                  await mailwarden.stop();
+                  mailwarden = await startMailwarden();
+                }
+                return loadgen.run({ ...lookup, items: lookupFile, concurrency: c });
+              });
+              if (best.wrapped) progress(`  (the run got through a connection's share of the ${fmt(ds.lookupOrder.length)} mailboxes: some were looked up twice)`);
+              record(target, 'first lookup', c, best, all);
+            }
+          }
+          if (opts.lookups.includes('repeated')) {
+            for (const c of opts.concurrency) {
+              const { best, all } = await medianOf(opts, async () => {
+                // Every hot user once, right before (cache entries live for directory.cache_ttl, 60 s by default).
+                await loadgen.run({ ...lookup, items: hotFile, concurrency: 10, mode: 'once', warmupMs: 0, durationMs: 300_000 });
+                return loadgen.run({ ...lookup, items: hotFile, concurrency: c });
+              });
+              record(target, 'repeated lookup', c, best, all);
+            }
           }
         }
 
@@ -620,9 +657,10 @@ async function main(): Promise<void> {
       + `Dovecot's default ${a2Dovecot!.params} ${a2Dovecot!.cpuMsPerVerify.toFixed(1)} ms.`] : []),
     '',
     'userdb lookups: USER over the auth-master socket, random mailboxes (1 % disabled: NOTFOUND), C connections with one request in flight each; CPU per lookup.',
+    `first = every mailbox once (* = some twice), mailwarden restarted before each run; repeated = ${fmt(Math.min(opts.hotUsers, ds.lookupOrder.length))} mailboxes over and over, each looked up once right before the run.`,
     formatLookups(rows),
     '',
-    ...(rows.some((r) => r.phase !== 'userdb') ? [
+    ...(rows.some((r) => r.phase.endsWith('login')) ? [
       'logins: AUTH PLAIN over the auth-client socket (passdb only, as Postfix SMTP AUTH); first = users not seen since mailwarden started (* = all used before the time was up),',
       'repeated = the same users and passwords again; CPU per login.',
       formatLogins(rows),

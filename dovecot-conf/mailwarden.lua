@@ -13,6 +13,11 @@
 --   auth_userdb_lookup(req)              home/uid/gid/quota (LMTP, doveadm)
 --   auth_userdb_iterate()                user list (doveadm -A, user '*')
 --
+-- Every call is a GET with the user and context in the query string (the
+-- password, for auth_password_verify, percent-encoded in the
+-- X-Mailwarden-Password header, never in the URL): a request with a body
+-- costs Dovecot's HTTP client an "Expect: 100-continue" round trip.
+--
 -- HTTP status -> Dovecot result: 200 OK (fields from the JSON body),
 -- 404 with {"result":"unknown"} USER_UNKNOWN, 403 PASSWORD_MISMATCH; anything
 -- else (401 wrong secret, a 404 without that body, i.e. a wrong URL, 5xx), a
@@ -28,9 +33,14 @@
 --     2.3 silently ignores unknown names, which is why the 2.3 spelling
 --     must be tried first;
 --   * request fields are read under both names: 2.4 req.protocol /
---     req.remote_ip / req.local_ip, 2.3 req.service / req.rip / req.lip.
+--     req.remote_ip, 2.3 req.service / req.rip.
 -- The detected version is sent to mailwarden ("version") and logged once per
 -- Lua state (the passdb and the userdb each have one per auth-worker).
+--
+-- The HTTP client is created once per Lua state and kept: its connection to
+-- mailwarden stays open between requests (Dovecot's client has no idle
+-- timeout unless max_idle_time_msecs is set; mailwarden closes connections
+-- idle for 60 s and the client reconnects on the next request).
 
 ---------------------------------------------------------------- settings
 local URL = "http://127.0.0.1:10052"   -- mailwarden's auth endpoint (no trailing /)
@@ -82,19 +92,30 @@ local function http()
   return client
 end
 
--- One request; returns the status and the decoded JSON object (only for 200
--- and a genuine "unknown user" 404), or the status and an error text. Statuses >= 9000 are Dovecot's own client errors (connect failed,
--- timeout).
-local function call(method, path, body)
+-- Percent-encoding of everything but unreserved characters (RFC 3986), byte
+-- by byte, so UTF-8 and any other bytes survive.
+local function enc(s)
+  return (string.gsub(s, "[^A-Za-z0-9%-%._~]", function(c)
+    return string.format("%%%02X", string.byte(c))
+  end))
+end
+
+-- One GET; `params` is a list of {name, value} pairs (nil values left out),
+-- the detected version is appended. Returns the status and the decoded JSON
+-- object (only for 200 and a genuine "unknown user" 404), or the status and
+-- an error text. Statuses >= 9000 are Dovecot's own client errors (connect
+-- failed, timeout).
+local function call(path, params, password)
   local ok, c = pcall(http)
   if not ok then return 0, nil, tostring(c) end
-  local r = c:request({ url = URL .. path, method = method })
-  if secret ~= "" then r:add_header("X-Mailwarden-Secret", secret) end
-  if body then
-    body.version = version
-    r:add_header("Content-Type", "application/json")
-    r:set_payload(json.encode(body))
+  local q = {}
+  for _, p in ipairs(params) do
+    if p[2] ~= nil then q[#q + 1] = p[1] .. "=" .. enc(p[2]) end
   end
+  q[#q + 1] = "version=" .. version
+  local r = c:request({ url = URL .. path .. "?" .. table.concat(q, "&"), method = "GET" })
+  if secret ~= "" then r:add_header("X-Mailwarden-Secret", secret) end
+  if password then r:add_header("X-Mailwarden-Password", enc(password)) end
   local resp = r:submit()
   local status = resp:status()
   if status ~= 200 and status ~= 404 then return status, nil, resp:reason() end
@@ -134,15 +155,13 @@ local function nonempty(v)
   if v ~= nil and v ~= "" then return v end
 end
 
-local function passdb_body(req, password)
-  local secured = req.secured -- "", "secured" or (2.4) "TLS"
+-- 2.4 names first, then 2.3's. mailwarden logs the service and remote IP and
+-- records the latter as the last login's address.
+local function passdb_params(req)
   return {
-    user = req.user,
-    password = password,
-    service = req.protocol or req.service,
-    remote_ip = nonempty(req.remote_ip or req.rip),
-    local_ip = nonempty(req.local_ip or req.lip),
-    secured = secured ~= nil and secured ~= "",
+    { "user", req.user },
+    { "service", req.protocol or req.service },
+    { "remote_ip", nonempty(req.remote_ip or req.rip) },
   }
 end
 
@@ -155,20 +174,20 @@ local function passdb_result(status, data, err, verifying)
 end
 
 function auth_password_verify(req, password)
-  local status, data, err = call("POST", "/dovecot/passdb", passdb_body(req, password))
+  local status, data, err = call("/dovecot/passdb", passdb_params(req), password)
   return passdb_result(status, data, err, true)
 end
 
 function auth_passdb_lookup(req)
-  local status, data, err = call("POST", "/dovecot/passdb", passdb_body(req, nil))
+  local status, data, err = call("/dovecot/passdb", passdb_params(req), nil)
   return passdb_result(status, data, err, false)
 end
 
 function auth_userdb_lookup(req)
-  local status, data, err = call("POST", "/dovecot/userdb", {
-    user = req.user,
-    service = req.protocol or req.service,
-  })
+  local status, data, err = call("/dovecot/userdb", {
+    { "user", req.user },
+    { "service", req.protocol or req.service },
+  }, nil)
   if status == 200 and data then return auth.USERDB_RESULT_OK, fields(data, true) end
   if unknown(status, data) then return auth.USERDB_RESULT_USER_UNKNOWN, "" end
   return auth.USERDB_RESULT_INTERNAL_FAILURE, string.format("mailwarden userdb: HTTP %d %s", status, err or "")
@@ -178,7 +197,7 @@ end
 function auth_userdb_iterate()
   local ok, c = pcall(http)
   if not ok then error("mailwarden: " .. tostring(c), 0) end
-  local status, data, err = call("GET", "/dovecot/users?version=" .. version, nil)
+  local status, data, err = call("/dovecot/users", {}, nil)
   if status ~= 200 or not data or type(data.users) ~= "table" then
     error(string.format("mailwarden user list: HTTP %d %s", status, err or ""), 0)
   end

@@ -197,6 +197,8 @@ interface Conn {
   next: number;
   /** once mode: end of this connection's slice (exclusive). */
   readonly end: number;
+  /** Items sent (warm-up included): more than the connection's share of the list means some were sent twice. */
+  sent: number;
   /** Item index in flight. */
   current: number;
   reqId: number;
@@ -267,6 +269,7 @@ async function run(p: DovecotRunParams): Promise<DovecotRunResult> {
     sock,
     next: Math.floor((i * n) / c),
     end: p.mode === 'once' ? Math.floor(((i + 1) * n) / c) : n,
+    sent: 0,
     current: -1,
     reqId: 0,
     t0: 0,
@@ -293,6 +296,7 @@ async function run(p: DovecotRunParams): Promise<DovecotRunResult> {
       st.next = 0;
     }
     st.current = st.next++;
+    st.sent++;
     st.reqId++;
     st.t0 = performance.now();
     st.sock.write(`${verb}\t${st.reqId}\t${items[st.current]!.tail}`);
@@ -402,6 +406,7 @@ async function run(p: DovecotRunParams): Promise<DovecotRunResult> {
     otherCpuShare: capacity > 0 ? Math.max(0, (sysEnd.busy - sysStart.busy - measured) / capacity) : 0,
     stealShare: capacity > 0 ? (sysEnd.steal - sysStart.steal) / capacity : 0,
     exhausted,
+    wrapped: conns.some((st) => st.sent > Math.floor(n / c)),
     ...(p.collectOk ? { okIndices } : {}),
   };
 }

@@ -5,7 +5,6 @@
 // (auth_worker_max_count = 30, one auth process).
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { mailwardenAuthConf23, writeMailwardenLua } from '../../test/support/dovecot.ts';
 
 export const TARGETS = ['trivial-dict', 'trivial-http', 'sql', 'dict', 'lua', 'checkpassword'] as const;
 export type TargetName = (typeof TARGETS)[number];
@@ -94,11 +93,28 @@ export async function dictConf(dir: string, name: string, socket: string): Promi
   return `passdb {\n  driver = dict\n  args = ${file}\n}\nuserdb {\n  driver = prefetch\n}\nuserdb {\n  driver = dict\n  args = ${file}\n}\n${COMMON}`;
 }
 
-/** The shipped Lua bridge and 2.3 snippet (dovecot-conf/mailwarden.lua, 2.3/auth-mailwarden.conf.ext), unchanged but for its settings. */
-export async function luaConf(dir: string, url: string, secret: string): Promise<string> {
+/**
+ * The Lua bridge and 2.3 snippet shipped by the mailwarden under test
+ * (`root`/dovecot-conf/mailwarden.lua, 2.3/auth-mailwarden.conf.ext), unchanged
+ * but for the script's settings lines and path (as test/support/dovecot.ts
+ * does for the tests), so `--rev` measures that revision's script too.
+ */
+export async function luaConf(root: string, dir: string, url: string, secret: string, blocking = true): Promise<string> {
   const file = path.join(dir, 'mailwarden.lua');
-  await writeMailwardenLua(file, { url, secret, timeoutMs: 5000 });
-  return `${await mailwardenAuthConf23(file)}\n${COMMON}`;
+  let script = await readFile(path.join(root, 'dovecot-conf', 'mailwarden.lua'), 'utf8');
+  const settings: Record<string, string> = { URL: JSON.stringify(url), SECRET: JSON.stringify(secret), SECRET_FILE: '""', TIMEOUT_MS: '5000' };
+  for (const [name, value] of Object.entries(settings)) {
+    const re = new RegExp(`^local ${name} = [^\\n]*?(\\s*--[^\\n]*)?$`, 'm');
+    if (!re.test(script)) throw new Error(`${root}/dovecot-conf/mailwarden.lua: no "local ${name} = ..." settings line`);
+    script = script.replace(re, (_m, comment: string | undefined) => `local ${name} = ${value}${comment ?? ''}`);
+  }
+  await writeFile(file, script, { mode: 0o644 });
+  const snippet = path.join(root, 'dovecot-conf', '2.3', 'auth-mailwarden.conf.ext');
+  const text = await readFile(snippet, 'utf8');
+  if (!text.includes('/etc/dovecot/mailwarden.lua')) throw new Error(`${snippet}: no /etc/dovecot/mailwarden.lua to replace`);
+  if (!blocking && !text.includes('blocking=yes')) throw new Error(`${snippet}: no blocking=yes to turn off`);
+  const conf = text.replaceAll('/etc/dovecot/mailwarden.lua', file);
+  return `${blocking ? conf : conf.replaceAll('blocking=yes', 'blocking=no')}\n${COMMON}`;
 }
 
 /** The shipped 2.3/auth-checkpassword.conf.ext with this run's program and config; the auth process as root if the program is out of the dovecot user's reach. */

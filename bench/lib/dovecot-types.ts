@@ -68,6 +68,8 @@ export interface DovecotRunResult {
   readonly stealShare: number;
   /** A once run that used up its list before the time was up. */
   readonly exhausted: boolean;
+  /** A cycle run in which some connection got past its share of the list: items were sent more than once. */
+  readonly wrapped: boolean;
   readonly okIndices?: readonly number[];
 }
 

@@ -3,11 +3,16 @@
 // Every failure to answer is 'tempfail' (Dovecot: temporary failure), never
 // "unknown user"; a wrong password, a disabled account and an unknown user
 // cost the same time and look the same to the client.
+//
+// Answers come from a per-user cache (answer-cache.ts) dropped on every
+// directory change, so a repeated lookup or login does not ask MariaDB, and the
+// answer objects are the same on every hit (transports memoize their encoding).
 import type { Logger } from 'pino';
 import type { UserdbConfig } from '../config/load.ts';
 import { addressKey, parseAddress } from '../core/address.ts';
 import { DirectoryError, type DirectoryBackend, type Mailbox } from '../directory/types.ts';
 import { hashScheme } from '../directory/passwords.ts';
+import { AnswerCache, memoAnswer, type AnswerCacheSettings, type UserEntry } from './answer-cache.ts';
 
 export type DovecotVersion = '2.3' | '2.4';
 export type Fields = Record<string, string | number>;
@@ -38,37 +43,61 @@ export interface LoginContext {
 export interface DovecotAuthOptions {
   readonly userdb: UserdbConfig;
   readonly rehash: boolean;
+  /** Per-user answer cache, dropped on every directory change; absent (or 0) = every request reads the directory. */
+  readonly cache?: AnswerCacheSettings;
+  /**
+   * last_login is a "last seen" date: a login writes it at most this often per
+   * user (default 60 s), so an IMAP client reconnecting every few seconds
+   * costs no database write each time.
+   */
+  readonly lastLoginIntervalMs?: number;
 }
+
+export const LAST_LOGIN_INTERVAL_MS = 60_000;
+
+const UNKNOWN = Object.freeze({ result: 'unknown' as const });
 
 export class DovecotAuth {
   readonly #dir: DirectoryBackend;
   readonly #verifier: Verifier;
   readonly #options: DovecotAuthOptions;
   readonly #log: Logger;
+  readonly #cache: AnswerCache;
+  readonly #lastLoginIntervalMs: number;
+  /** When this process last wrote each user's last_login (oldest first; only the last interval's logins are kept). */
+  readonly #loginsRecorded = new Map<string, number>();
 
   constructor(dir: DirectoryBackend, verifier: Verifier, options: DovecotAuthOptions, log: Logger) {
     this.#dir = dir;
     this.#verifier = verifier;
     this.#options = options;
     this.#log = log;
+    this.#cache = new AnswerCache(options.cache ?? { ttlMs: 0, maxEntries: 0 });
+    this.#lastLoginIntervalMs = Math.max(0, options.lastLoginIntervalMs ?? LAST_LOGIN_INTERVAL_MS);
+    if (this.#cache.enabled) {
+      // A reload builds a new DovecotAuth on the same directory, which has no way to unsubscribe:
+      // the weak reference lets the old cache go.
+      const cache = new WeakRef(this.#cache);
+      dir.onChange(() => cache.deref()?.flush());
+    }
   }
 
   /** Password login (IMAP, POP3, SMTP AUTH through Dovecot SASL). */
   async verifyLogin(userInput: string, password: string, ctx: LoginContext): Promise<PassdbResult> {
     const started = performance.now();
-    const user = canonicalUser(userInput);
-    let mailbox: Mailbox | undefined;
+    let entry: UserEntry;
     try {
-      mailbox = user ? await this.#dir.findMailbox(user) : undefined;
+      entry = await this.#entry(userInput);
     } catch (err) {
       return this.#tempfail('login', userInput, err, ctx);
     }
+    const mailbox = entry.mailbox;
     const usable = mailbox?.enabled && mailbox.passwordHash ? mailbox : undefined;
     if (!usable) {
       await this.#verifier.verifyDummy(password);
       const result = mailbox ? 'mismatch' : 'unknown';
       const reason = !mailbox ? 'unknown user' : !mailbox.enabled ? 'mailbox disabled' : 'no password set';
-      this.#log.info({ user: user ?? userInput, service: ctx.service, remote_ip: ctx.remoteIp, result, reason, ms: ms(started) }, 'login failed');
+      this.#log.info({ user: mailbox?.address ?? canonicalUser(userInput) ?? userInput, service: ctx.service, remote_ip: ctx.remoteIp, result, reason, ms: ms(started) }, 'login failed');
       return { result };
     }
     let verdict: { ok: boolean; cached: boolean; rehash?: string };
@@ -84,16 +113,13 @@ export class DovecotAuth {
     this.#log.info({ user: usable.address, service: ctx.service, remote_ip: ctx.remoteIp, result: 'ok', cached: verdict.cached, ms: ms(started) }, 'login');
     // Bookkeeping after the answer is decided: a slow or failing write never fails a login.
     void this.#afterLogin(usable, verdict.rehash, ctx);
-    return { result: 'ok', user: usable.address, fields: this.#passdbFields(usable, ctx.version, false) };
+    return this.#passdbAnswer(entry, ctx.version, false);
   }
 
   /** passdb lookup without a password (credentials lookups, LMTP/submission flows): the stored hash and userdb_* fields. */
   async passdbLookup(userInput: string, ctx: LoginContext): Promise<PassdbResult> {
-    const user = canonicalUser(userInput);
     try {
-      const m = user ? await this.#dir.findMailbox(user) : undefined;
-      if (!m || !m.enabled) return { result: 'unknown' };
-      return { result: 'ok', user: m.address, fields: this.#passdbFields(m, ctx.version, true) };
+      return this.#passdbAnswer(await this.#entry(userInput), ctx.version, true);
     } catch (err) {
       return this.#tempfail('passdb lookup', userInput, err, ctx);
     }
@@ -101,15 +127,51 @@ export class DovecotAuth {
 
   /** userdb lookup: home, uid, gid, quota, for LMTP delivery, IMAP sessions and doveadm. */
   async userdbLookup(userInput: string, ctx: LoginContext): Promise<UserdbResult> {
-    const user = canonicalUser(userInput);
     try {
-      const m = user ? await this.#dir.findMailbox(user) : undefined;
-      // A disabled mailbox is unknown to delivery, so LMTP rejects its mail (Postfix already does at RCPT).
-      if (!m || !m.enabled) return { result: 'unknown' };
-      return { result: 'ok', user: m.address, fields: this.userdbFields(m, ctx.version) };
+      return this.#userdbAnswer(await this.#entry(userInput), ctx.version);
     } catch (err) {
       return this.#tempfail('userdb lookup', userInput, err, ctx);
     }
+  }
+
+  /** userdbLookup() answered from the cache, synchronously; undefined when the user is not cached. */
+  peekUserdb(userInput: string, version: DovecotVersion): UserdbResult | undefined {
+    const entry = this.#peek(userInput);
+    return entry && this.#userdbAnswer(entry, version);
+  }
+
+  /** passdbLookup() answered from the cache, synchronously; undefined when the user is not cached. */
+  peekPassdb(userInput: string, version: DovecotVersion): PassdbResult | undefined {
+    const entry = this.#peek(userInput);
+    return entry && this.#passdbAnswer(entry, version, true);
+  }
+
+  #peek(userInput: string): UserEntry | undefined {
+    return this.#cache.enabled ? this.#cache.get(userInput, Date.now()) : undefined;
+  }
+
+  /** The user's cached entry, or the row read from the directory (and cached). Throws DirectoryError when it cannot answer. */
+  async #entry(userInput: string): Promise<UserEntry> {
+    const hit = this.#peek(userInput);
+    if (hit) return hit;
+    const generation = this.#cache.generation;
+    const user = canonicalUser(userInput);
+    const mailbox = user ? await this.#dir.findMailbox(user) : undefined;
+    return this.#cache.set(userInput, mailbox, generation, Date.now());
+  }
+
+  #userdbAnswer(entry: UserEntry, version: DovecotVersion): UserdbResult {
+    const m = entry.mailbox;
+    // A disabled mailbox is unknown to delivery, so LMTP rejects its mail (Postfix already does at RCPT).
+    if (!m || !m.enabled) return UNKNOWN;
+    return memoAnswer(entry, `userdb ${version}`, () => freezeAnswer(m.address, this.userdbFields(m, version)));
+  }
+
+  /** With the password: a passdb lookup; without: the answer to a successful login. */
+  #passdbAnswer(entry: UserEntry, version: DovecotVersion, withPassword: boolean): PassdbResult {
+    const m = entry.mailbox;
+    if (!m || !m.enabled) return UNKNOWN;
+    return memoAnswer(entry, `${withPassword ? 'passdb' : 'login'} ${version}`, () => freezeAnswer(m.address, this.#passdbFields(m, version, withPassword)));
   }
 
   /** Every enabled mailbox, for `doveadm -A` and `doveadm user '*'`. */
@@ -138,10 +200,13 @@ export class DovecotAuth {
   }
 
   async #afterLogin(m: Mailbox, rehash: string | undefined, ctx: LoginContext): Promise<void> {
-    try {
-      await this.#dir.recordLogin(m.address, new Date(), ctx.remoteIp);
-    } catch (err) {
-      this.#log.warn({ user: m.address, err: (err as Error).message }, 'cannot record last login');
+    const now = Date.now();
+    if (this.#recordThisLogin(m.address, now)) {
+      try {
+        await this.#dir.recordLogin(m.address, new Date(now), ctx.remoteIp);
+      } catch (err) {
+        this.#log.warn({ user: m.address, err: (err as Error).message }, 'cannot record last login');
+      }
     }
     if (!rehash || !this.#options.rehash) return;
     try {
@@ -150,6 +215,21 @@ export class DovecotAuth {
     } catch (err) {
       this.#log.warn({ user: m.address, err: (err as Error).message }, 'password hash upgrade failed; will retry on next login');
     }
+  }
+
+  /** True when `user`'s last_login is due (not written by this process within the interval); notes the write. */
+  #recordThisLogin(user: string, now: number): boolean {
+    const seen = this.#loginsRecorded;
+    const last = seen.get(user);
+    if (last !== undefined && now - last < this.#lastLoginIntervalMs) return false;
+    seen.delete(user);
+    seen.set(user, now);
+    // Oldest first: drop what is past the interval, so the map holds at most one interval's logins.
+    for (const [u, at] of seen) {
+      if (now - at < this.#lastLoginIntervalMs) break;
+      seen.delete(u);
+    }
+    return true;
   }
 
   #tempfail(what: string, user: string, err: unknown, ctx: LoginContext): { result: 'tempfail'; reason: string } {
@@ -175,6 +255,10 @@ export function expand(template: string, m: Mailbox): string {
     .replace(/%\{user\s*\|\s*domain\}/g, m.domain)
     .replace(/%\{user\}/g, m.address)
     .replace(/%([und%])/g, (all, c: string) => values[c] ?? all);
+}
+
+function freezeAnswer(user: string, fields: Fields): { readonly result: 'ok'; readonly user: string; readonly fields: Fields } {
+  return Object.freeze({ result: 'ok' as const, user, fields: Object.freeze(fields) });
 }
 
 function ms(started: number): number {

@@ -187,7 +187,7 @@ export class Daemon {
     }
     // Created once; a successful reload only changes its thresholds (reload() below).
     if (auth && !this.#policy) this.#policy = new BruteForcePolicy(auth.policy);
-    const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true }, this.log.child({ service: 'dovecot-auth' }));
+    const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true, cache: dovecotCacheSettings(config) }, this.log.child({ service: 'dovecot-auth' }));
     const spfMemory = new SpfMemory();
     const policy = config.policy
       ? new PolicyEngine({
@@ -285,6 +285,13 @@ function verifierSettings(config: Config) {
     cacheTtlMs: config.auth?.verifyCacheTtlMs ?? 0,
     concurrency: config.auth?.verifyConcurrency ?? 2,
   };
+}
+
+/** Dovecot's per-user answers are cached like the lookups: directory.cache_ttl/cache_size, YAML until the file changes. */
+function dovecotCacheSettings(config: Config): { ttlMs: number; maxEntries: number } {
+  return config.directory.backend === 'mysql'
+    ? { ttlMs: config.directory.cacheTtlMs, maxEntries: config.directory.cacheSize }
+    : { ttlMs: 3_600_000, maxEntries: 1_000_000 };
 }
 
 function serviceList(config: Config): string[] {

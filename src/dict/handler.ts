@@ -6,7 +6,8 @@
 // Anything else is refused loudly rather than accepted and dropped.
 import type { Logger } from 'pino';
 import type { DirectoryBackend, QuotaUsageChange } from '../directory/types.ts';
-import { canonicalUser, type DovecotAuth, type DovecotVersion } from '../auth/dovecot-auth.ts';
+import { canonicalUser, type DovecotAuth, type DovecotVersion, type PassdbResult, type UserdbResult } from '../auth/dovecot-auth.ts';
+import { lookupFound, lookupNotFound } from './codec.ts';
 import { DictFailure, type DictContext, type DictHandler, type DictRow, type DictTransaction } from './server.ts';
 
 const PASSDB = 'shared/passdb/';
@@ -23,11 +24,28 @@ export interface DictState {
 export class MailwardenDict implements DictHandler {
   readonly #state: () => DictState;
   readonly #log: Logger;
+  /** DovecotAuth returns the same answer object on every cache hit: its reply line is encoded once. */
+  readonly #replies = new WeakMap<object, string>();
 
   /** `state` is read per request so a reload can swap the directory. */
   constructor(state: () => DictState, log: Logger) {
     this.#state = state;
     this.#log = log;
+  }
+
+  /** passdb/userdb answers from DovecotAuth's cache, as complete reply lines. */
+  cachedLookup(key: string, _user: string, ctx: DictContext): string | undefined {
+    const version = versionOf(ctx);
+    let r: PassdbResult | UserdbResult | undefined;
+    if (key.startsWith(USERDB)) r = this.#state().dovecot.peekUserdb(key.slice(USERDB.length), version);
+    else if (key.startsWith(PASSDB)) r = this.#state().dovecot.peekPassdb(key.slice(PASSDB.length), version);
+    if (r === undefined || r.result === 'tempfail') return undefined;
+    let reply = this.#replies.get(r);
+    if (reply === undefined) {
+      reply = r.result === 'ok' ? lookupFound(JSON.stringify(r.fields)) : lookupNotFound();
+      this.#replies.set(r, reply);
+    }
+    return reply;
   }
 
   async lookup(key: string, user: string, ctx: DictContext): Promise<string | undefined> {

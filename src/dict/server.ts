@@ -77,6 +77,12 @@ export interface DictHandler {
   /** The value for `key`, or undefined when there is none (`N`). */
   lookup(key: string, user: string, ctx: DictContext): Promise<string | undefined>;
   /**
+   * Optional fast path: the complete reply line (lookupFound()/lookupNotFound())
+   * when the answer is known without waiting (a cache hit), else undefined and
+   * lookup() is asked. Must not throw.
+   */
+  cachedLookup?(key: string, user: string, ctx: DictContext): string | undefined;
+  /**
    * The rows under `path`. `flags` are DICT_ITERATE_FLAGS (RECURSE, EXACT_KEY,
    * SORT_*, NO_VALUE): honouring them is the handler's job, except NO_VALUE
    * (the server drops values) and the row limit (the server stops reading).
@@ -234,6 +240,8 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
       case 'hello':
         return fail(new DictProtocolError(DICT_ERROR_CODES.HANDSHAKE, 'second H handshake'));
       case 'lookup':
+        // Nothing queued before it: a cached answer can go out now, in order, without a promise.
+        if (!busy && head >= queue.length && answerNow(cmd.key, cmd.user, c)) return;
         return enqueue({ kind: 'lookup', key: cmd.key, user: cmd.user });
       case 'iterate':
         return enqueue({ kind: 'iterate', flags: cmd.flags, maxRows: cmd.maxRows, path: cmd.path, user: cmd.user });
@@ -355,12 +363,38 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
     }
   }
 
+  /** Writes a cached answer at once; false when there is none (or the socket needs draining). */
+  function answerNow(key: string, user: string, c: DictContext): boolean {
+    if (!socket.writable || socket.writableNeedDrain) return false;
+    const reply = cachedReply(key, user, c);
+    if (reply === undefined) return false;
+    socket.write(reply);
+    return true;
+  }
+
+  function cachedReply(key: string, user: string, c: DictContext): string | undefined {
+    if (!s.handler.cachedLookup) return undefined;
+    let reply: string | undefined;
+    try {
+      reply = s.handler.cachedLookup(key, user, c);
+    } catch (err) {
+      log.error({ err, key }, 'dict cached lookup failed');
+      return undefined;
+    }
+    if (reply !== undefined && log.isLevelEnabled('debug')) {
+      log.debug({ cmd: 'lookup', key, user, result: reply === 'N\n' ? 'notfound' : 'found', cached: true }, 'dict lookup');
+    }
+    return reply;
+  }
+
   async function write(text: string): Promise<void> {
     if (!socket.writable) return;
     if (!socket.write(text)) await drained(socket);
   }
 
   async function lookup(job: { key: string; user: string }, c: DictContext): Promise<string> {
+    const cached = cachedReply(job.key, job.user, c);
+    if (cached !== undefined) return cached;
     const started = performance.now();
     let reply: string;
     let result: string;
@@ -378,7 +412,7 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
       log.error({ err, key: job.key, user: job.user }, 'dict lookup failed');
       [reply, result] = [lookupFailed(failureText(err, 'lookup failed')), 'failed'];
     }
-    log.debug({ cmd: 'lookup', key: job.key, user: job.user, result, ms: elapsed(started) }, 'dict lookup');
+    if (log.isLevelEnabled('debug')) log.debug({ cmd: 'lookup', key: job.key, user: job.user, result, ms: elapsed(started) }, 'dict lookup');
     return reply;
   }
 
