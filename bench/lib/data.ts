@@ -1,18 +1,9 @@
 // Synthetic directory and RCPT key mix for the socketmap benchmark.
 // Everything is derived from one seed, so two runs with the same flags look
 // up exactly the same keys in exactly the same order.
+import { prng } from '../../test/support/prng.ts';
 
-/** Small, fast, seedable PRNG (mulberry32); Math.random() would make runs incomparable. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng };
 
 const FIRST = [
   'anna', 'ben', 'clara', 'david', 'emma', 'felix', 'greta', 'hugo', 'ida', 'jonas', 'karla', 'leon', 'mia', 'noah',

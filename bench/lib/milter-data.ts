@@ -9,6 +9,7 @@ import path from 'node:path';
 import { dkimSign } from 'mailauth';
 import { DkimKeyStore, dnsRecordName, dnsRecordStrings, publicKeyBase64, type DkimKey } from '../../src/dkim/keys.ts';
 import type { BenchMessage } from './milter-types.ts';
+import { prng } from '../../test/support/prng.ts';
 
 // Every name that is looked up in DNS ends in .example, not .test: OpenDKIM's
 // libunbound answers test. (RFC 6761) itself with NXDOMAIN and never asks
@@ -46,17 +47,6 @@ export interface MilterDataset {
   readonly senderDomains: number;
 }
 
-/** Mulberry32: a small seeded PRNG, so the same seed gives the same message mix. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const WORDS = ('the of and to in is you that it he was for on are as with his they at be this have from or one had by word but not what all were we when '
   + 'your can said there use an each which she do how their if will up other about out many then them these so some her would make like him into time has '

@@ -25,6 +25,7 @@ import { policyRequest, type PolicyRequest } from '../../src/policy/request.ts';
 import { seedFixture } from '../support/directory-fixture.ts';
 import { startDnsServer, type TestDnsServer, type Zones } from '../support/dns-server.ts';
 import { tempDir, type TempDir } from '../support/tmp.ts';
+import { prng as rng } from '../support/prng.ts';
 
 const T0 = Date.UTC(2025, 4, 5, 6, 0, 0);
 const bl = (ip: string, zone: string): string => `${reverseIp(ip)}.${zone}`;
@@ -123,17 +124,6 @@ function comparable(d: PolicyDecision): unknown {
   return JSON.parse(JSON.stringify(d, (k, v: unknown) => (k === 'ms' ? undefined : v)));
 }
 
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 let instances = 0;
 

@@ -7,6 +7,7 @@ import { FilePolicyState } from '../../../src/state/file-store.ts';
 import {
   bucketExpiry, bucketStart, bucketWidth, firstCountedBucket, waitUntilBelow, windowCount,
 } from '../../../src/state/window.ts';
+import { prng } from '../../support/prng.ts';
 import { DirectoryError } from '../../../src/directory/types.ts';
 
 const MIN = 60_000;
@@ -19,15 +20,6 @@ function memoryStore(t: { after: (fn: () => Promise<void>) => void }): FilePolic
   return store;
 }
 
-/** Deterministic pseudo-random numbers (mulberry32). */
-function prng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('bucket math: width window/12, epoch-aligned starts, expiry after window + width', () => {
   assert.equal(bucketWidth(HOUR), 5 * MIN);

@@ -28,6 +28,7 @@ import {
   SMFIP,
   SMFIR,
 } from '../../../src/milter/constants.ts';
+import { prng as rng } from '../../support/prng.ts';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const latin1 = (s: string) => Buffer.from(s, 'latin1');
@@ -57,17 +58,6 @@ const u16 = (n: number) => {
   return out;
 };
 
-/** Deterministic PRNG (mulberry32) so failures are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Decoded<T> = { items: T[]; error?: MilterCodecErrorCode };
 

@@ -11,6 +11,7 @@ import {
   type PolicyCodecErrorCode,
   type PolicyCodecLimits,
 } from '../../../src/policy/codec.ts';
+import { prng as rng } from '../../support/prng.ts';
 import type { PolicyRequest } from '../../../src/policy/request.ts';
 
 const b = (s: string) => Buffer.from(s, 'utf8');
@@ -141,17 +142,6 @@ function decode(chunks: readonly Buffer[], limits?: Partial<PolicyCodecLimits>):
   return { requests };
 }
 
-/** Deterministic PRNG (mulberry32) so failures are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('PolicyRequestDecoder', () => {
   it('decodes every attribute Postfix 3.7 sends to its field', () => {

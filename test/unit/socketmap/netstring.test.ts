@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { prng as rng } from '../../support/prng.ts';
 import { encodeNetstring, NetstringDecoder, NetstringError, type NetstringErrorCode } from '../../../src/socketmap/netstring.ts';
 
 const b = (s: string) => Buffer.from(s, 'latin1');
@@ -21,17 +22,6 @@ function decode(chunks: readonly Buffer[], max = MAX): { frames: string[]; error
   return { frames };
 }
 
-/** Deterministic PRNG (mulberry32) so failures are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomChunks(input: Buffer, rand: () => number): Buffer[] {
   const chunks: Buffer[] = [];

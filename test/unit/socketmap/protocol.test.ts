@@ -11,19 +11,10 @@ import {
   type ProtocolErrorCode,
   type SocketmapReply,
 } from '../../../src/socketmap/protocol.ts';
+import { prng as rng } from '../../support/prng.ts';
 
 const utf8 = (s: string) => Buffer.from(s, 'utf8');
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('parseRequest', () => {
   it('splits at the first space only (table)', () => {
