@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { ptrQueryName } from '../../src/checks/fcrdns.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
-import { DirectoryError, type DirectoryBackend } from '../../src/directory/types.ts';
+import { DirectoryError } from '../../src/directory/types.ts';
 import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
 import { reverseIp } from '../../src/dns/dnsbl.ts';
 import { createResolver, type NodeDnsResolver } from '../../src/dns/resolver.ts';
@@ -25,6 +25,7 @@ import { startPolicyServer } from '../../src/policy/server.ts';
 import { FilePolicyState } from '../../src/state/file-store.ts';
 import { seedFixture } from '../support/directory-fixture.ts';
 import { startDnsServer, type TestDnsServer, type Zones } from '../support/dns-server.ts';
+import { asyncDirectory } from '../support/async-directory.ts';
 import { tempDir, type TempDir } from '../support/tmp.ts';
 
 const MIN = 60_000;
@@ -88,25 +89,6 @@ let clock = T0;
 /** Set to make every directory read fail as a database outage would. */
 let directoryDown = false;
 
-/** The YAML directory, except that point reads throw DirectoryError('unavailable') while directoryDown is set. */
-function faultyDirectory(inner: YamlDirectory): DirectoryBackend {
-  const reads = new Set(['findDomain', 'findMailbox', 'findAlias', 'findSenderGrants']);
-  return new Proxy(inner, {
-    get(target, prop) {
-      if (prop === 'sync') return undefined; // reads must go through the failing promises below, like MariaDB's
-      const value: unknown = Reflect.get(target, prop, target);
-      if (typeof value !== 'function') return value;
-      if (typeof prop === 'string' && reads.has(prop)) {
-        return async (...args: unknown[]) => {
-          if (directoryDown) throw new DirectoryError('unavailable', 'directory: connection refused (injected)');
-          return (value as (...a: unknown[]) => unknown).apply(target, args);
-        };
-      }
-      return (value as (...a: unknown[]) => unknown).bind(target);
-    },
-  });
-}
-
 function policyConfig(lines: readonly string[]): SmtpdPolicyConfig {
   const text = [
     'directory:', '  backend: yaml', `  path: ${yaml.path}`,
@@ -150,7 +132,7 @@ before(async () => {
   resolver = createResolver({ servers: [dns.address], timeoutMs: 400 });
   yaml = YamlDirectory.open(join(tmp.path, 'directory.yaml'));
   await seedFixture(new DirectoryAdmin(yaml));
-  lookups = new LookupService(faultyDirectory(yaml), { recipientDelimiter: '+', cacheTtlMs: 0, cacheSize: 0 }, createLogger('silent'));
+  lookups = new LookupService(asyncDirectory(yaml, () => directoryDown), { recipientDelimiter: '+', cacheTtlMs: 0, cacheSize: 0 }, createLogger('silent'));
   state = FilePolicyState.open(join(tmp.path, 'directory.policy-state.json'), { sweep: false });
 });
 

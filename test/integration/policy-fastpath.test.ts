@@ -12,7 +12,7 @@ import { ptrQueryName } from '../../src/checks/fcrdns.ts';
 import { SpfMemory } from '../../src/checks/spf-memory.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
-import { DirectoryError, type DirectoryBackend } from '../../src/directory/types.ts';
+import { DirectoryError } from '../../src/directory/types.ts';
 import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
 import { cachedResolver } from '../../src/dns/cache.ts';
 import { reverseIp } from '../../src/dns/dnsbl.ts';
@@ -26,6 +26,7 @@ import { seedFixture } from '../support/directory-fixture.ts';
 import { startDnsServer, type TestDnsServer, type Zones } from '../support/dns-server.ts';
 import { tempDir, type TempDir } from '../support/tmp.ts';
 import { prng as rng } from '../support/prng.ts';
+import { asyncDirectory } from '../support/async-directory.ts';
 
 const T0 = Date.UTC(2025, 4, 5, 6, 0, 0);
 const bl = (ip: string, zone: string): string => `${reverseIp(ip)}.${zone}`;
@@ -79,25 +80,6 @@ let admin: DirectoryAdmin;
 /** No cache, and directory reads only through promises: every input is fetched. */
 let coldLookups: LookupService;
 let clock = T0;
-
-/** The YAML directory without its synchronous reads (like MariaDB's), failing while `down` is set. */
-function asyncDirectory(inner: YamlDirectory, down: () => boolean): DirectoryBackend {
-  const reads = new Set(['findDomain', 'findMailbox', 'findAlias', 'findSenderGrants']);
-  return new Proxy(inner, {
-    get(target, prop) {
-      if (prop === 'sync') return undefined;
-      const value: unknown = Reflect.get(target, prop, target);
-      if (typeof value !== 'function') return value;
-      if (typeof prop === 'string' && reads.has(prop)) {
-        return async (...args: unknown[]) => {
-          if (down()) throw new DirectoryError('unavailable', 'directory: connection refused (injected)');
-          return (value as (...a: unknown[]) => unknown).apply(target, args);
-        };
-      }
-      return (value as (...a: unknown[]) => unknown).bind(target);
-    },
-  });
-}
 
 function policyConfig(lines: readonly string[]): SmtpdPolicyConfig {
   const text = [
