@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
 import { LookupService } from '../../src/lookup/service.ts';
-import type { DirectoryBackend } from '../../src/directory/types.ts';
+import { asyncDirectory } from '../support/async-directory.ts';
 import { answerSocketmap, cachedSocketmapFrame } from '../../src/socketmap/answer.ts';
 import { encodeNetstring } from '../../src/socketmap/netstring.ts';
 import { encodeReply } from '../../src/socketmap/protocol.ts';
@@ -22,15 +22,7 @@ test('cached frames equal the async answers, are reused, and vanish on a directo
   await admin.addDomain('example.org');
   await admin.addMailbox('alice@example.org');
   // The same data behind promise-only reads, as a remote (MariaDB) directory gives them.
-  const remoteLike = {
-    remote: false,
-    findDomain: (n: string) => yaml.findDomain(n),
-    findMailbox: (a: string) => yaml.findMailbox(a),
-    findAlias: (a: string) => yaml.findAlias(a),
-    findSenderGrants: (a: string) => yaml.findSenderGrants(a),
-    onChange: (l: () => void) => yaml.onChange(l),
-  } as unknown as DirectoryBackend;
-  const service = new LookupService(remoteLike, { recipientDelimiter: '+', cacheTtlMs: 60_000, cacheSize: 100 }, pino({ level: 'silent' }));
+  const service = new LookupService(asyncDirectory(yaml), { recipientDelimiter: '+', cacheTtlMs: 60_000, cacheSize: 100 }, pino({ level: 'silent' }));
 
   const cases: Array<[string, string]> = [
     ['virtual_mailbox_maps', 'alice@example.org'],
