@@ -9,6 +9,7 @@
 // MySQL change serial polled every second for writes by `mailwarden user ...`
 // or another mailwarden instance; a YAML file reload). A password change,
 // disable or removal therefore reaches logins within about a second.
+import { TtlCache } from '../core/ttl-cache.ts';
 import type { Mailbox } from '../directory/types.ts';
 
 export interface AnswerCacheSettings {
@@ -22,64 +23,35 @@ export interface AnswerCacheSettings {
 export interface UserEntry {
   /** The mailbox, or undefined: no such user (negative answers are cached too). */
   readonly mailbox: Mailbox | undefined;
-  readonly expires: number;
   /** Answers built from `mailbox`, by kind and Dovecot version (e.g. `userdb 2.3`): the same object on every hit. */
   readonly answers: Map<string, unknown>;
 }
 
+/** Users by the name exactly as Dovecot sent it. */
 export class AnswerCache {
-  readonly #ttlMs: number;
-  readonly #maxEntries: number;
-  #entries = new Map<string, UserEntry>();
-  /** Bumped on every flush, so a row read before a change is not stored after it. */
-  #generation = 0;
-  hits = 0;
-  misses = 0;
+  readonly #users: TtlCache<UserEntry>;
 
   constructor(settings: AnswerCacheSettings) {
-    this.#ttlMs = Math.max(0, settings.ttlMs);
-    this.#maxEntries = Math.max(0, Math.floor(settings.maxEntries));
+    this.#users = new TtlCache(settings.ttlMs, settings.maxEntries);
   }
 
-  get enabled(): boolean {
-    return this.#ttlMs > 0 && this.#maxEntries > 0;
-  }
-
-  get size(): number {
-    return this.#entries.size;
-  }
-
-  get generation(): number {
-    return this.#generation;
-  }
+  get enabled(): boolean { return this.#users.enabled; }
+  get size(): number { return this.#users.size; }
+  get generation(): number { return this.#users.generation; }
+  get hits(): number { return this.#users.hits; }
+  get misses(): number { return this.#users.misses; }
 
   get(user: string, now: number): UserEntry | undefined {
-    const entry = this.#entries.get(user);
-    if (entry !== undefined && entry.expires > now) {
-      this.hits++;
-      return entry;
-    }
-    this.misses++;
-    return undefined;
+    return this.#users.get(user, now);
   }
 
   /** Stores a row read under `generation`; returns the entry (also when it was not kept: stale or cache off). */
   set(user: string, mailbox: Mailbox | undefined, generation: number, now: number): UserEntry {
-    const entry: UserEntry = { mailbox, expires: now + this.#ttlMs, answers: new Map() };
-    if (generation !== this.#generation || !this.enabled) return entry;
-    // Map keeps insertion order: evicting the first key drops the oldest entry (FIFO, no per-hit bookkeeping).
-    this.#entries.delete(user);
-    this.#entries.set(user, entry);
-    if (this.#entries.size > this.#maxEntries) {
-      const oldest = this.#entries.keys().next();
-      if (!oldest.done) this.#entries.delete(oldest.value);
-    }
-    return entry;
+    return this.#users.setIfCurrent(user, { mailbox, answers: new Map() }, now, generation).value;
   }
 
   flush(): void {
-    this.#generation++;
-    this.#entries = new Map();
+    this.#users.flush();
   }
 }
 

@@ -1,35 +1,29 @@
 // Every map lookup starts with the recipient's domain row, and a host has few
 // domains: remembering them spares a remote directory one round trip per cold
 // lookup. Dropped on every directory change, like the answer cache.
+import { TtlCache } from '../core/ttl-cache.ts';
 import type { DirectoryBackend, DirectoryReader, Domain } from '../directory/types.ts';
 
 const MAX_DOMAINS = 100_000;
 
 export class DomainMemo implements DirectoryReader {
   readonly #dir: DirectoryBackend;
-  readonly #ttlMs: number;
-  #domains = new Map<string, { domain: Domain | undefined; expires: number }>();
-  #generation = 0;
+  /** Unknown names are remembered too (a spam run asks for many), within the size bound. */
+  readonly #domains: TtlCache<Domain | undefined>;
 
   constructor(dir: DirectoryBackend, ttlMs: number) {
     this.#dir = dir;
-    this.#ttlMs = ttlMs;
-    dir.onChange(() => {
-      this.#generation++;
-      this.#domains = new Map();
-    });
+    this.#domains = new TtlCache(ttlMs, MAX_DOMAINS);
+    dir.onChange(() => this.#domains.flush());
   }
 
   async findDomain(name: string): Promise<Domain | undefined> {
     const now = Date.now();
-    const hit = this.#domains.get(name);
-    if (hit && hit.expires > now) return hit.domain;
-    const generation = this.#generation;
+    const hit = this.#domains.entry(name, now);
+    if (hit) return hit.value;
+    const generation = this.#domains.generation;
     const domain = await this.#dir.findDomain(name);
-    // Unknown names are remembered too (a spam run asks for many), within the size bound.
-    if (generation === this.#generation && this.#domains.size < MAX_DOMAINS) {
-      this.#domains.set(name, { domain, expires: now + this.#ttlMs });
-    }
+    this.#domains.setIfCurrent(name, domain, now, generation);
     return domain;
   }
 

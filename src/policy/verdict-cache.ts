@@ -3,41 +3,9 @@
 // and no DNSBL round of cache lookups. Entries live `ttlMs` (default 60 s,
 // well under the DNS TTLs the answers came from); temporary failures are
 // never stored, so a DNS hiccup is retried on the next message.
-export class VerdictCache<T> {
-  readonly #ttlMs: number;
-  readonly #maxEntries: number;
-  #entries = new Map<string, { readonly value: T; readonly expires: number }>();
+import { TtlCache } from '../core/ttl-cache.ts';
 
-  constructor(ttlMs: number, maxEntries: number) {
-    this.#ttlMs = ttlMs;
-    this.#maxEntries = maxEntries;
-  }
-
-  get(key: string, now: number): T | undefined {
-    return this.entry(key, now)?.value;
-  }
-
-  /** The live entry for `key`, with its expiry time (for memories derived from it, which must not outlive it). */
-  entry(key: string, now: number): { readonly value: T; readonly expires: number } | undefined {
-    const e = this.#entries.get(key);
-    if (e === undefined) return undefined;
-    if (e.expires <= now) {
-      this.#entries.delete(key);
-      return undefined;
-    }
-    return e;
-  }
-
-  set(key: string, value: T, now: number): void {
-    if (this.#ttlMs <= 0 || this.#maxEntries <= 0) return;
-    // Insertion order is age order: drop the oldest when full (TTL-bound anyway, no LRU bookkeeping on hits).
-    if (this.#entries.size >= this.#maxEntries) {
-      const oldest = this.#entries.keys().next();
-      if (!oldest.done) this.#entries.delete(oldest.value);
-    }
-    this.#entries.set(key, { value, expires: now + this.#ttlMs });
-  }
-
+export class VerdictCache<T> extends TtlCache<T> {
   /** Computes through the cache; results `keep` refuses (temporary failures) are returned but not stored. */
   async through(key: string, now: number, compute: () => Promise<T>, keep: (value: T) => boolean): Promise<T> {
     const hit = this.get(key, now);
@@ -48,10 +16,6 @@ export class VerdictCache<T> {
   }
 
   clear(): void {
-    this.#entries = new Map();
-  }
-
-  get size(): number {
-    return this.#entries.size;
+    this.flush();
   }
 }
