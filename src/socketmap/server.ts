@@ -122,21 +122,31 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
   }
 
   /**
-   * The fast path: answers, synchronously and in order, every queued request
-   * whose reply is known without waiting (a cache hit, an in-memory directory).
-   * Returns true when nothing is left for the async loop to do.
+   * Writes, synchronously and in order, the replies of queued requests that
+   * are known without waiting (a cache hit, an in-memory directory); stops at
+   * the first one that needs waiting, is invalid, or when the socket wants a drain.
    */
-  function answerImmediately(): boolean {
-    if (busy || !s.cachedFrame) return false;
+  function writeReadyReplies(): void {
+    if (!s.cachedFrame) return;
     while (head < queue.length && socket.writable && !socket.writableNeedDrain) {
       const req = (parsedHead ??= parseRequest(queue[head]!));
-      if (req instanceof ProtocolError) return false;
+      if (req instanceof ProtocolError) return;
       const frame = s.cachedFrame(req.map, req.key);
-      if (!frame) return false;
+      if (!frame) return;
       takeHead();
       socket.write(frame);
     }
+  }
+
+  function resumeIfRoom(): void {
     if (!stopping && socket.isPaused() && queue.length - head <= SOCKETMAP_DEFAULTS.maxQueued / 2) socket.resume();
+  }
+
+  /** The fast path, from the 'data' handler: true when nothing is left for the async loop to do. */
+  function answerImmediately(): boolean {
+    if (busy) return false;
+    writeReadyReplies();
+    resumeIfRoom();
     return head >= queue.length && !fatal && !draining;
   }
 
@@ -145,20 +155,17 @@ function serveConnection(socket: Socket, s: Settings): ConnectionHandle {
     if (busy) return;
     busy = true;
     try {
-      if (socket.writableNeedDrain) await drained(socket);
       while (head < queue.length && socket.writable) {
-        const req = takeHead();
-        // Cache hits are answered synchronously with a ready-made frame: no promise, no encoding.
-        const frame = req instanceof ProtocolError || !s.cachedFrame ? undefined : s.cachedFrame(req.map, req.key);
-        if (frame) {
-          if (!socket.write(frame)) await drained(socket);
-        } else {
-          const [bytes, close] = await answer(req);
-          if (!socket.writable) return;
-          if (!socket.write(encodeNetstring(bytes))) await drained(socket);
-          if (close) return finish();
-        }
-        if (!stopping && socket.isPaused() && queue.length - head <= SOCKETMAP_DEFAULTS.maxQueued / 2) socket.resume();
+        if (socket.writableNeedDrain) await drained(socket);
+        writeReadyReplies();
+        resumeIfRoom();
+        if (head >= queue.length || socket.writableNeedDrain || !socket.writable) continue;
+        // One that needs waiting (or an invalid one, answered PERM and hung up on).
+        const [bytes, close] = await answer(takeHead());
+        if (!socket.writable) return;
+        socket.write(encodeNetstring(bytes));
+        if (close) return finish();
+        resumeIfRoom();
       }
       if (fatal && socket.writable) {
         // One warn line per bad client; postsrsd likewise answers PERM and hangs up.
