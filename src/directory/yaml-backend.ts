@@ -296,17 +296,13 @@ function readDocument(path: string): { doc: Document; snapshot: DirectorySnapsho
   return { doc, snapshot };
 }
 
-/** readSnapshot() for the parse worker: the same, as data a worker can post (see yaml-parse-worker.ts). */
-export function readSnapshotData(path: string): { snapshot: DirectorySnapshot; identity: FileIdentity | undefined } {
-  return readSnapshot(path);
-}
-
 /** A posted snapshot back as a DirectorySnapshot (structured clone keeps the Maps, Dates and arrays, not the class). */
 function reviveSnapshot(data: DirectorySnapshot): DirectorySnapshot {
   return Object.assign(new DirectorySnapshot(), data);
 }
 
-function readSnapshot(path: string): { snapshot: DirectorySnapshot; identity: FileIdentity | undefined } {
+/** The file's snapshot and identity; also run by yaml-parse-worker.ts, which posts the result as plain data. */
+export function readSnapshot(path: string): { snapshot: DirectorySnapshot; identity: FileIdentity | undefined } {
   // Identity first: if the file is replaced while we read, the next poll sees a newer identity and reloads.
   const identity = fileIdentity(path);
   const { snapshot } = readDocument(path);
