@@ -278,6 +278,34 @@ describe('MysqlDirectory', { skip }, () => {
     assert.equal((await dir.listSenderGrants()).length, 3);
   });
 
+  test('point reads of one event-loop turn share a statement per table, each caller gets its own row', async () => {
+    await dir.insertMailbox(mailbox('batch1@example.com', { quotaBytes: 1 }));
+    await dir.insertMailbox(mailbox('batch2@example.com', { quotaBytes: 2 }));
+    const before = dir.pointReadStats;
+    const wanted = ['batch1@example.com', 'nobody1@example.com', 'batch2@example.com', 'batch1@example.com', 'BATCH2@example.com'];
+    // Five mailbox reads (one key twice, one in another case: utf8mb4_bin keys), three alias reads, two grant reads. The first
+    // read of each table goes out at once (nothing of that table in flight), the rest of the turn shares one statement.
+    const [mailboxes, aliases, grants] = await Promise.all([
+      Promise.all(wanted.map((a) => dir.findMailbox(a))),
+      Promise.all(['team@example.com', 'nobody@example.com', '@example.com'].map((a) => dir.findAlias(a))),
+      Promise.all(['@example.com', 'nobody@example.com'].map((a) => dir.findSenderGrants(a))),
+    ]);
+    assert.deepEqual(mailboxes.map((m) => m?.quotaBytes), [1, undefined, 2, 1, undefined]);
+    assert.deepEqual(aliases.map((a) => a?.targets.length), [250, undefined, 1]);
+    assert.deepEqual(grants.map((g) => g.map((x) => x.login)), [['jane@example.com'], []]);
+    const after = dir.pointReadStats;
+    assert.equal(after.statements - before.statements, 6);
+    assert.equal(after.keys - before.keys, (1 + 4) + (1 + 2) + (1 + 1), 'a key twice in the same batch is read once');
+
+    // More keys than one statement takes: split, and every caller still gets its row.
+    const many = Array.from({ length: 150 }, (_, i) => (i % 2 ? 'batch1@example.com' : `none${i}@example.com`));
+    const found = await Promise.all(many.map((a) => dir.findMailbox(a)));
+    assert.equal(found.filter(Boolean).length, 75);
+    assert.equal(dir.pointReadStats.statements - after.statements, 3, 'the first key alone, then 75 distinct keys: 64 + 11');
+    await dir.deleteMailbox('batch1@example.com');
+    await dir.deleteMailbox('batch2@example.com');
+  });
+
   test('deleting a domain cascades', async () => {
     await dir.insertDomain(domain('elsewhere.example'));
     await dir.insertMailbox(mailbox('amy@elsewhere.example'));
