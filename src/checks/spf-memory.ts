@@ -15,7 +15,11 @@ import { canonicalIp } from './fcrdns.ts';
 /** Who computed a remembered verdict. */
 export type SpfSource = 'policy' | 'milter';
 
-/** Verdicts are reused for a minute: far below DNS TTLs, long enough for a client's burst of messages. */
+/**
+ * Verdicts are reused for up to a minute, long enough for a client's burst of
+ * messages; the policy engine stores with setWithin(), so a verdict built from
+ * shorter-lived DNS answers (an A record with a 30 s TTL) lives only as long.
+ */
 export const SPF_MEMORY_TTL_MS = 60_000;
 export const SPF_MEMORY_ENTRIES = 50_000;
 

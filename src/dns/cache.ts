@@ -12,6 +12,9 @@
 //   caller asks again.
 // - Concurrent identical questions share one upstream query.
 // - Every caller gets its own copy of the answer (mailauth sorts MX lists in place).
+// - observed(life) is the same resolver, also telling how long each answer it
+//   gives has left (its cache life: TTL-bound), so whatever is computed from
+//   the answers (a DNSBL or SPF verdict) is not remembered beyond them.
 import { DnsError, type DnsAnswer, type DnsResolver, type DnsRrType, type TtlDnsResolver, toDnsError, VOID_CODES } from './resolver.ts';
 
 export interface DnsCacheOptions {
@@ -42,14 +45,37 @@ export interface DnsCacheStats {
   evictions: number;
 }
 
+/** The shortest remaining life, in ms, of the DNS answers something was computed from (start at Infinity). */
+export interface DnsLifetime {
+  remainingMs: number;
+}
+
 export interface CachedDnsResolver extends DnsResolver {
   readonly stats: Readonly<DnsCacheStats>;
   readonly size: number;
   /** Forgets everything; answers of queries in flight at the time are not stored. */
   clear(): void;
+  /**
+   * This resolver, also lowering `life.remainingMs` to the time each answer it
+   * gives (positive or void, from the cache or fresh) has left in the cache,
+   * i.e. its TTL (as clamped here) minus its age. Temporary failures report nothing.
+   */
+  observed(life: DnsLifetime): DnsResolver;
 }
 
-type Outcome = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly code: string; readonly message: string };
+/**
+ * `resolver` observed into `life` when it is a cachedResolver(); any other
+ * resolver is returned as it is and leaves `life` alone (nothing known).
+ */
+export function observeLifetime(resolver: DnsResolver, life: DnsLifetime): DnsResolver {
+  const observed = (resolver as Partial<CachedDnsResolver>).observed;
+  return typeof observed === 'function' ? observed.call(resolver, life) : resolver;
+}
+
+/** lifeMs: how long the answer lives from when it was received (its clamped TTL). */
+type Outcome =
+  | { readonly ok: true; readonly value: unknown; readonly lifeMs: number }
+  | { readonly ok: false; readonly code: string; readonly message: string; readonly lifeMs: number };
 
 interface Entry {
   readonly outcome: Outcome;
@@ -75,10 +101,10 @@ export function cachedResolver(inner: DnsResolver | TtlDnsResolver, opts: DnsCac
   let generation = 0;
   const stats: DnsCacheStats = { hits: 0, negativeHits: 0, misses: 0, inflightJoins: 0, evictions: 0 };
 
-  function store(key: string, outcome: Outcome, ttlS: number): void {
-    if (maxEntries <= 0 || ttlS <= 0) return;
+  function store(key: string, outcome: Outcome): void {
+    if (maxEntries <= 0 || outcome.lifeMs <= 0) return;
     entries.delete(key);
-    entries.set(key, { outcome, expires: now() + ttlS * 1000 });
+    entries.set(key, { outcome, expires: now() + outcome.lifeMs });
     while (entries.size > maxEntries) {
       const oldest = entries.keys().next();
       if (oldest.done) break;
@@ -91,14 +117,14 @@ export function cachedResolver(inner: DnsResolver | TtlDnsResolver, opts: DnsCac
     const gen = generation;
     try {
       const answer = await ask(name, rrtype);
-      const outcome: Outcome = { ok: true, value: answer.value };
       const ttl = answer.ttlS === undefined || !Number.isFinite(answer.ttlS) ? defaultTtlS : answer.ttlS;
-      if (gen === generation) store(key, outcome, Math.min(maxTtlS, Math.max(minTtlS, ttl)));
+      const outcome: Outcome = { ok: true, value: answer.value, lifeMs: Math.min(maxTtlS, Math.max(minTtlS, ttl)) * 1000 };
+      if (gen === generation) store(key, outcome);
       return outcome;
     } catch (err) {
       const e = toDnsError(err, name, rrtype);
-      const outcome: Outcome = { ok: false, code: e.code, message: e.message };
-      if (VOID_CODES.has(e.code) && gen === generation) store(key, outcome, negativeTtlS);
+      const outcome: Outcome = { ok: false, code: e.code, message: e.message, lifeMs: negativeTtlS * 1000 };
+      if (VOID_CODES.has(e.code) && gen === generation) store(key, outcome);
       if (!VOID_CODES.has(e.code)) throw e; // temporary or odd failures are not cached
       return outcome;
     }
@@ -116,15 +142,17 @@ export function cachedResolver(inner: DnsResolver | TtlDnsResolver, opts: DnsCac
     }
   }
 
-  const resolve = (async (name: string, rrtype: DnsRrType): Promise<unknown> => {
+  async function answer(name: string, rrtype: DnsRrType, life: DnsLifetime | undefined): Promise<unknown> {
     const key = `${rrtype} ${name.toLowerCase().replace(/\.$/, '')}`;
     const entry = entries.get(key);
     if (entry !== undefined) {
-      if (entry.expires > now()) {
+      const left = entry.expires - now();
+      if (left > 0) {
         stats.hits++;
         if (!entry.outcome.ok) stats.negativeHits++;
         entries.delete(key);
         entries.set(key, entry);
+        if (life !== undefined && left < life.remainingMs) life.remainingMs = left;
         return settle(entry.outcome, name, rrtype);
       }
       entries.delete(key);
@@ -139,8 +167,12 @@ export function cachedResolver(inner: DnsResolver | TtlDnsResolver, opts: DnsCac
       const done = (): void => void inflight.delete(key);
       pending.then(done, done);
     }
-    return settle(await pending, name, rrtype);
-  }) as CachedDnsResolver;
+    const outcome = await pending;
+    if (life !== undefined && outcome.lifeMs < life.remainingMs) life.remainingMs = outcome.lifeMs;
+    return settle(outcome, name, rrtype);
+  }
+
+  const resolve = ((name: string, rrtype: DnsRrType): Promise<unknown> => answer(name, rrtype, undefined)) as CachedDnsResolver;
 
   return Object.defineProperties(resolve, {
     stats: { value: stats, enumerable: true },
@@ -150,6 +182,9 @@ export function cachedResolver(inner: DnsResolver | TtlDnsResolver, opts: DnsCac
         generation++;
         entries = new Map();
       },
+    },
+    observed: {
+      value: (life: DnsLifetime): DnsResolver => (name, rrtype) => answer(name, rrtype, life),
     },
   });
 }

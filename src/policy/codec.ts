@@ -58,6 +58,17 @@ const WIRE_ORDER = [
 type WireName = (typeof WIRE_ORDER)[number];
 const WIRE_INDEX: ReadonlyMap<string, number> = new Map(WIRE_ORDER.map((name, i) => [name, i]));
 const WIRE_PREFIX: readonly string[] = WIRE_ORDER.map((name) => `${name}=`);
+const WIRE_BYTES: readonly Uint8Array[] = WIRE_PREFIX.map((prefix) => new Uint8Array(Buffer.from(prefix, 'latin1')));
+/** A plain loop: Array.prototype.fill() is a call into the runtime, per request. */
+function clearValues(values: Array<string | undefined>): void {
+  for (let i = 0; i < values.length; i++) values[i] = undefined;
+}
+
+/** Whether `buf` holds `prefix` at `at` (the caller knows it fits). */
+function prefixAt(buf: Buffer, at: number, prefix: Uint8Array): boolean {
+  for (let i = 0; i < prefix.length; i++) if (buf[at + i] !== prefix[i]) return false;
+  return true;
+}
 const at = (name: WireName): number => WIRE_INDEX.get(name)!;
 const I = {
   request: at('request'), protocolState: at('protocol_state'), protocolName: at('protocol_name'), clientAddress: at('client_address'),
@@ -115,11 +126,14 @@ class DecodedPolicyRequest implements PolicyRequest {
   readonly size: number;
   readonly encryptionKeysize: number;
   readonly stress: boolean;
-  /** name, value, name, value... as received. */
-  readonly #pairs: string[];
+  /** name, value, name, value... as received; or undefined when the attribute lines are #text[#from, #to). */
+  readonly #pairs: string[] | undefined;
+  readonly #text: string | null;
+  readonly #from: number;
+  readonly #to: number;
   #attributes: Map<string, string> | undefined;
 
-  constructor(v: ReadonlyArray<string | undefined>, pairs: string[]) {
+  constructor(v: ReadonlyArray<string | undefined>, pairs: string[] | undefined, text: string | null, from: number, to: number) {
     this.request = v[I.request] ?? '';
     this.protocolState = v[I.protocolState] ?? '';
     this.protocolName = v[I.protocolName] ?? '';
@@ -150,16 +164,39 @@ class DecodedPolicyRequest implements PolicyRequest {
     this.encryptionKeysize = decimal(v[I.encryptionKeysize]);
     this.stress = v[I.stress] === 'yes';
     this.#pairs = pairs;
+    this.#text = text;
+    this.#from = from;
+    this.#to = to;
   }
 
   get attributes(): ReadonlyMap<string, string> {
     if (this.#attributes === undefined) {
       const map = new Map<string, string>();
-      const p = this.#pairs;
+      let p = this.#pairs;
+      if (p === undefined) {
+        p = [];
+        if (this.#text !== null) collectPairs(this.#text, this.#from, this.#to, p);
+      }
       for (let i = 0; i < p.length; i += 2) map.set(p[i]!, p[i + 1]!);
       this.#attributes = map;
     }
     return this.#attributes;
+  }
+}
+
+/**
+ * The name, value pairs of the attribute lines in text[from, to): complete
+ * lines that push() has already checked (each has a name and '=', no NUL, and
+ * is not empty once a trailing CR is dropped).
+ */
+function collectPairs(text: string, from: number, to: number, out: string[]): void {
+  let s = from;
+  while (s < to) {
+    const lf = text.indexOf('\n', s);
+    const e = text.charCodeAt(lf - 1) === CR ? lf - 1 : lf;
+    const eq = text.indexOf('=', s);
+    out.push(text.slice(s, eq), text.slice(eq + 1, e));
+    s = lf + 1;
   }
 }
 
@@ -206,6 +243,9 @@ export class PolicyRequestDecoder {
     // Postfix's requests are plain ASCII: then one latin1 decode of the whole chunk serves every line, and the
     // line ends are found in that string (byte and character offsets agree) instead of one Buffer call per line.
     const ascii: string | null = isAscii(chunk) ? chunk.toString('latin1') : null;
+    // While every line of the current request is in `ascii` (it began in this chunk), they start at `first` and
+    // its attribute list is made from that text only if someone asks for it; -1: lines go to #pairs as they come.
+    let first = ascii !== null && this.#lines === 0 && this.#partial === 0 ? 0 : -1;
     while (start < n) {
       const lf = ascii !== null ? ascii.indexOf('\n', start) : chunk.indexOf(LF, start);
       if (lf < 0) {
@@ -229,9 +269,14 @@ export class PolicyRequestDecoder {
       if (e - s > maxLineBytes) this.#fail('line_too_long', `attribute line longer than ${maxLineBytes} bytes`, requests);
       if (this.#requestBytes > maxRequestBytes) this.#fail('request_too_large', `request longer than ${maxRequestBytes} bytes`, requests);
       if (e === s) {
-        requests.push(new DecodedPolicyRequest(this.#values, this.#pairs));
-        this.#values.fill(undefined);
-        this.#pairs = [];
+        if (first >= 0) {
+          requests.push(new DecodedPolicyRequest(this.#values, undefined, ascii, first, s));
+        } else {
+          requests.push(new DecodedPolicyRequest(this.#values, this.#pairs, null, 0, 0));
+          this.#pairs = [];
+        }
+        first = ascii !== null ? start : -1;
+        clearValues(this.#values);
         this.#expect = 0;
         this.#lines = 0;
         this.#requestBytes = 0;
@@ -240,12 +285,15 @@ export class PolicyRequestDecoder {
       if (++this.#lines > maxAttributes) this.#fail('too_many_attributes', `more than ${maxAttributes} attributes in one request`, requests);
       let line: string;
       let from: number;
+      /** The line is ascii[s, e) and chunk[s, e). */
+      let inAscii = false;
       if (buf === chunk) {
-        if (nul === -2) nul = chunk.indexOf(NUL);
+        if (nul === -2) nul = ascii !== null ? ascii.indexOf('\0') : chunk.indexOf(NUL);
         if (nul >= s && nul < e) this.#fail('bad_attribute', 'NUL byte in an attribute', requests);
         if (ascii !== null) {
           line = ascii;
           from = s;
+          inAscii = true;
         } else {
           line = chunk.toString('utf8', s, e);
           from = 0;
@@ -261,8 +309,10 @@ export class PolicyRequestDecoder {
       let name: string;
       let eq: number;
       const expected = WIRE_ORDER[this.#expect];
-      // Postfix's own order: one compare of `name=` finds both the attribute and the '='.
-      if (expected !== undefined && e - from > expected.length && line.startsWith(WIRE_PREFIX[this.#expect]!, from)) {
+      // Postfix's own order: one compare of `name=` finds both the attribute and the '='; on an ASCII chunk
+      // byte by byte in the Buffer (a third of the cost of startsWith() at an offset).
+      if (expected !== undefined && e - from > expected.length
+        && (inAscii ? prefixAt(chunk, s, WIRE_BYTES[this.#expect]!) : line.startsWith(WIRE_PREFIX[this.#expect]!, from))) {
         index = this.#expect;
         name = expected;
         eq = from + expected.length;
@@ -280,8 +330,10 @@ export class PolicyRequestDecoder {
         this.#values[index] = value;
         this.#expect = index + 1;
       }
-      this.#pairs.push(name, value);
+      if (first < 0) this.#pairs.push(name, value);
     }
+    // The current request goes on in the next chunk: the lines it has so far become pairs.
+    if (first >= 0 && this.#lines > 0) collectPairs(ascii!, first, start, this.#pairs);
     return requests;
   }
 

@@ -36,11 +36,19 @@ export function policyDecider(engine: () => PolicyEngine, log: Logger): PolicyDe
     return decision.action;
   };
   return (req: PolicyRequest, session: PolicySession): string | Promise<string> => {
-    const started = performance.now();
     const msg = session.message(req.instance, newMessageState);
     // The facts behind a decision only go into its log line: not built when no line will be written.
-    const decision = engine().decideNow(req, msg, log.isLevelEnabled('info'));
+    const info = log.isLevelEnabled('info');
+    if (!info) {
+      // No decision line at this level (debug implies info): just the action, without the clock read and the line's closure.
+      const decision = engine().decideNow(req, msg, false);
+      return decision instanceof Promise ? decision.then(actionOf) : decision.action;
+    }
+    const started = performance.now();
+    const decision = engine().decideNow(req, msg, info);
     if (decision instanceof Promise) return decision.then((d) => logged(req, session, d, started));
     return logged(req, session, decision, started);
   };
 }
+
+const actionOf = (d: PolicyDecision): string => d.action;

@@ -23,6 +23,7 @@
 import { NetworkList } from '../core/network.ts';
 import { checkDnsbl, checkRhsbl, type DnsblResult } from '../dns/dnsbl.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
+import { observeLifetime, type DnsLifetime } from '../dns/cache.ts';
 import { normalizeDomain, parseAddress } from '../core/address.ts';
 import type { LookupService } from '../lookup/service.ts';
 import { classifyRecipientWith, hasSenderSpecifiedRouting, type RecipientVerdict } from '../checks/recipient.ts';
@@ -89,7 +90,7 @@ export interface PolicyEngineDeps {
 }
 
 const DUNNO = 'DUNNO';
-/** Verdicts are reused for a minute: far below DNS TTLs, long enough for a client's burst of messages. */
+/** Verdicts are reused for up to a minute (less when the DNS answers behind them expire sooner): long enough for a client's burst of messages. */
 const VERDICT_TTL_MS = 60_000;
 const VERDICT_ENTRIES = 50_000;
 /**
@@ -116,9 +117,8 @@ class DecisionInputs {
   readonly now: number;
   /** Whether the decision's `checks` are wanted (they only go into the log line). */
   readonly facts: boolean;
-  /** Directory reads for the checks in src/checks (classifyRecipientWith...). */
-  readonly read: MapReader;
   readonly #lookups: LookupService;
+  #read: MapReader | undefined;
   #fetched: Map<string, Fetched> | undefined;
   #wanted: Map<string, Promise<unknown>> | undefined;
 
@@ -126,7 +126,11 @@ class DecisionInputs {
     this.now = now;
     this.facts = facts;
     this.#lookups = lookups;
-    this.read = (map, key) => this.#lookup(map, key);
+  }
+
+  /** Directory reads for the checks in src/checks (classifyRecipientWith...); made on first use (a memo hit needs none). */
+  get read(): MapReader {
+    return (this.#read ??= (map, key) => this.#lookup(map, key));
   }
 
   /** Whether the last pass asked for something. */
@@ -213,7 +217,7 @@ export class PolicyEngine {
   /** checkHelo's verdict and the name as a domain, by HELO name (not for address literals: those depend on the client). */
   readonly #heloMemo = new Map<string, HeloFacts>();
   /** Recipient verdicts and "is this HELO domain ours", for a second and never across a directory change (DirectoryMemo). */
-  readonly #recipientMemo = new Map<string, DirectoryMemo<RecipientVerdict>>();
+  readonly #recipientMemo = new Map<string, DirectoryMemo<RecipientFacts>>();
   readonly #hostedMemo = new Map<string, DirectoryMemo<boolean>>();
   /** Recent (client, client_name, HELO, sender) combinations and their verdicts, each live as long as the shortest-lived of them. */
   readonly #recentClients = new Map<string, ClientVerdicts>();
@@ -274,7 +278,9 @@ export class PolicyEngine {
 
   /** One synchronous pass: the decision, or undefined when an input had to be asked for. */
   #pass(req: PolicyRequest, msg: MessageState, x: DecisionInputs): PolicyDecision | undefined {
-    switch (req.protocolState.toUpperCase()) {
+    const state = req.protocolState;
+    // Postfix sends the names upper-case: compared as they are, without toUpperCase()'s new string.
+    switch (state === 'RCPT' || state === 'DATA' ? state : state.toUpperCase()) {
       case 'RCPT':
         return this.#rcpt(req, msg, x);
       case 'DATA':
@@ -324,10 +330,11 @@ export class PolicyEngine {
     else if (trusted) checks['mynetworks'] = true;
 
     // 1-2. Where the recipient lives.
-    const rcpt = this.#fromDirectory(x, this.#recipientMemo, req.recipient, (read) => classifyRecipientWith(read, req.recipient));
-    if (rcpt === undefined) return undefined;
+    const known = this.#fromDirectory(x, this.#recipientMemo, req.recipient, recipientOf);
+    if (known === undefined) return undefined;
+    const rcpt = known.verdict;
     if (x.facts) checks['recipient'] = recipientFacts(rcpt);
-    if (!trusted && hasSenderSpecifiedRouting(req.recipient)) {
+    if (!trusted && known.routing) {
       return reject('relay', checks, '554 5.7.1 Relay access denied (sender-specified routing)');
     }
     if (rcpt.kind === 'invalid') {
@@ -433,7 +440,7 @@ export class PolicyEngine {
    */
   #verdict<T>(
     x: DecisionInputs, life: Life, name: string, cache: VerdictCache<T>, key: string,
-    compute: () => Promise<T>, keep: (value: T) => boolean,
+    compute: (resolver: DnsResolver) => Promise<T>, keep: (value: T) => boolean,
   ): T | undefined {
     const fetched = x.fetched<T>(name);
     if (fetched !== undefined) {
@@ -446,8 +453,10 @@ export class PolicyEngine {
       return hit.value;
     }
     x.want(name, async () => {
-      const value = await compute();
-      if (keep(value)) cache.set(key, value, x.now);
+      // Remembered no longer than the DNS answers it was made from live (their TTLs, as the DNS cache clamps them).
+      const dns: DnsLifetime = { remainingMs: Infinity };
+      const value = await compute(observeLifetime(this.#resolver, dns));
+      if (keep(value)) cache.setWithin(key, value, x.now, dns.remainingMs);
       else this.#held.set(`${name} ${key}`, value, x.now);
       return value;
     });
@@ -458,18 +467,28 @@ export class PolicyEngine {
   #inboundChecks(req: PolicyRequest, x: DecisionInputs): InboundChecks | undefined {
     const c = this.config;
     const v = this.#clientVerdicts(req, x);
+    const generation = this.#lookups.cache?.generation ?? 0;
+    // The whole result, made by an earlier message of this (client, HELO, sender) combination and still live.
+    if (v !== undefined && v.inbound !== undefined && v.inboundUntil > x.now && v.inboundGeneration === generation) return v.inbound;
     let missing = v === undefined;
     let helo: HeloVerdict | undefined;
+    /** Until when the "is the HELO name ours" answer holds (Infinity: not asked; -Infinity: not reusable). */
+    let hostedUntil = Infinity;
     if (c.helo !== 'ignore') {
       const facts = this.#helo(req.heloName, req.clientAddress);
       helo = facts.verdict;
-      const hosted = helo.result === 'pass' ? this.#isHostedDomain(x, facts.domain) : false;
+      let hosted: boolean | undefined = false;
+      if (helo.result === 'pass' && facts.domain) {
+        hosted = this.#isHostedDomain(x, facts.domain);
+        const memo = this.#hostedMemo.get(facts.domain);
+        hostedUntil = memo !== undefined && memo.generation === generation ? memo.expires : -Infinity;
+      }
       if (hosted === undefined) missing = true;
       // A stranger greeting with one of our own domains (HELO example.org) is claiming to be us.
       else if (hosted) helo = { result: 'forged', detail: `${req.heloName} is a domain hosted here` };
     }
     if (missing || v === undefined) return undefined;
-    return {
+    const inbound: InboundChecks = {
       ...(v.dnsbl ? { dnsbl: v.dnsbl } : {}),
       ...(v.rhsbl ? { rhsbl: v.rhsbl } : {}),
       ...(v.fcrdns ? { fcrdns: v.fcrdns } : {}),
@@ -477,6 +496,14 @@ export class PolicyEngine {
       ...(v.heloSpf ? { heloSpf: v.heloSpf } : {}),
       ...(v.spf ? { spf: v.spf } : {}),
     };
+    // Kept with the verdicts it was made of (whose key holds everything it depends on: client, HELO, sender),
+    // no longer than they and the directory answer live, and only when nothing was fetched for it.
+    if (x.fromCaches && hostedUntil > x.now) {
+      v.inbound = inbound;
+      v.inboundUntil = Math.min(v.expires, hostedUntil);
+      v.inboundGeneration = generation;
+    }
+    return inbound;
   }
 
   /**
@@ -495,7 +522,6 @@ export class PolicyEngine {
       const recent = this.#recentClients.get(key);
       if (recent !== undefined && recent.expires > x.now) return recent;
     }
-    const r = this.#resolver;
     const caches = this.#verdicts;
     const life: Life = { expires: Infinity };
     let missing = false;
@@ -503,7 +529,7 @@ export class PolicyEngine {
     let dnsbl: DnsblResult | undefined;
     if (c.dnsbl) {
       const list = c.dnsbl;
-      dnsbl = this.#verdict(x, life, 'dnsbl', caches.dnsbl, ip, () => checkDnsbl(ip, list.sites, r, { reasons: list.action !== 'warn' }), cleanList);
+      dnsbl = this.#verdict(x, life, 'dnsbl', caches.dnsbl, ip, (r) => checkDnsbl(ip, list.sites, r, { reasons: list.action !== 'warn' }), cleanList);
       if (dnsbl === undefined) missing = true;
     }
     let rhsbl: DnsblResult | undefined;
@@ -511,7 +537,7 @@ export class PolicyEngine {
       const list = c.rhsbl;
       const senderDomain = req.sender === '' ? undefined : parseAddress(req.sender)?.domain ?? normalizeDomain(req.sender.slice(req.sender.lastIndexOf('@') + 1));
       if (senderDomain) {
-        rhsbl = this.#verdict(x, life, 'rhsbl', caches.rhsbl, senderDomain, () => checkRhsbl(senderDomain, list.sites, r, { reasons: list.action !== 'warn' }), cleanList);
+        rhsbl = this.#verdict(x, life, 'rhsbl', caches.rhsbl, senderDomain, (r) => checkRhsbl(senderDomain, list.sites, r, { reasons: list.action !== 'warn' }), cleanList);
         if (rhsbl === undefined) missing = true;
       }
     }
@@ -519,7 +545,7 @@ export class PolicyEngine {
     if (c.fcrdns !== 'ignore') {
       fcrdns = this.#verdict(
         x, life, 'fcrdns', caches.fcrdns, `${ip} ${req.clientName}`,
-        () => checkFcrdns({ clientIp: ip, clientName: req.clientName, reverseClientName: req.reverseClientName }, r),
+        (r) => checkFcrdns({ clientIp: ip, clientName: req.clientName, reverseClientName: req.reverseClientName }, r),
         (v: FcrdnsVerdict) => v.result !== 'temperror',
       );
       if (fcrdns === undefined) missing = true;
@@ -530,15 +556,15 @@ export class PolicyEngine {
       const spfInput = { clientIp: ip, helo: req.heloName, sender: req.sender, receiver: c.myhostname };
       // With a null sender the MAIL FROM check already is the HELO check.
       if (c.spf.helo && req.sender !== '') {
-        heloSpf = this.#verdict(x, life, 'spf_helo', caches.spf, `helo ${ip} ${req.heloName.toLowerCase()}`, () => evaluateHeloSpf(spfInput, r), spfKept);
+        heloSpf = this.#verdict(x, life, 'spf_helo', caches.spf, `helo ${ip} ${req.heloName.toLowerCase()}`, (r) => evaluateHeloSpf(spfInput, r), spfKept);
         if (heloSpf === undefined) missing = true;
       }
       // The whole sender is in the key: SPF macros (%{l}) and the header's envelope-from depend on it.
-      spf = this.#verdict(x, life, 'spf', caches.spf, spfMemoryKey(ip, req.heloName, req.sender), () => evaluateSpf(spfInput, r), spfKept);
+      spf = this.#verdict(x, life, 'spf', caches.spf, spfMemoryKey(ip, req.heloName, req.sender), (r) => evaluateSpf(spfInput, r), spfKept);
       if (spf === undefined) missing = true;
     }
     if (missing) return undefined;
-    const verdicts: ClientVerdicts = { dnsbl, rhsbl, fcrdns, heloSpf, spf, expires: life.expires };
+    const verdicts: ClientVerdicts = { dnsbl, rhsbl, fcrdns, heloSpf, spf, expires: life.expires, inbound: undefined, inboundUntil: 0, inboundGeneration: 0 };
     // Only what came from the caches, and only as long as the shortest-lived of them.
     if (remember && life.expires > x.now) {
       if (this.#recentClients.size >= VERDICT_ENTRIES) this.#recentClients.clear();
@@ -549,12 +575,7 @@ export class PolicyEngine {
 
   #isHostedDomain(x: DecisionInputs, domain: string | undefined): boolean | undefined {
     if (!domain) return false;
-    return this.#fromDirectory(x, this.#hostedMemo, domain, (read) => {
-      const mailbox = read('virtual_mailbox_domains', domain);
-      const alias = read('virtual_alias_domains', domain);
-      if (mailbox === undefined || alias === undefined) return undefined;
-      return mailbox.found || alias.found;
-    });
+    return this.#fromDirectory(x, this.#hostedMemo, domain, isHosted);
   }
 
   /**
@@ -563,13 +584,13 @@ export class PolicyEngine {
    * several. Never across a lookup-cache flush (a directory change), never
    * without a lookup cache (its TTL is the staleness the operator chose).
    */
-  #fromDirectory<T>(x: DecisionInputs, memo: Map<string, DirectoryMemo<T>>, key: string, derive: (read: MapReader) => T | undefined): T | undefined {
+  #fromDirectory<T>(x: DecisionInputs, memo: Map<string, DirectoryMemo<T>>, key: string, derive: (read: MapReader, key: string) => T | undefined): T | undefined {
     const cache = this.#lookups.cache;
-    if (cache === undefined || key.length > MEMO_KEY_MAX) return derive(x.read);
+    if (cache === undefined || key.length > MEMO_KEY_MAX) return derive(x.read, key);
     const generation = cache.generation;
     const known = memo.get(key);
     if (known !== undefined && known.generation === generation && known.expires > x.now) return known.value;
-    const value = derive(x.read);
+    const value = derive(x.read, key);
     if (value !== undefined && x.fromCaches && cache.generation === generation) {
       if (memo.size >= MEMO_ENTRIES) memo.clear();
       memo.set(key, { value, generation, expires: x.now + DIRECTORY_MEMO_MS });
@@ -580,7 +601,6 @@ export class PolicyEngine {
   /** The first check that says no, in order of certainty; undefined = no objection. */
   #judgeInbound(req: PolicyRequest, x: InboundChecks, checks: CheckFacts, facts: boolean): PolicyDecision | undefined {
     const c = this.config;
-    const ip = clean(req.clientAddress);
     if (facts) {
       if (x.dnsbl) checks['dnsbl'] = listFacts(x.dnsbl);
       if (x.rhsbl) checks['rhsbl'] = listFacts(x.rhsbl);
@@ -590,28 +610,18 @@ export class PolicyEngine {
       if (x.spf) checks['spf'] = spfFacts(x.spf);
     }
 
-    const listed = (list: DnsListPolicy | undefined, res: DnsblResult | undefined, what: string, subject: string): PolicyDecision | undefined => {
-      if (!list || !res) return undefined;
-      if (res.score >= list.threshold && list.action !== 'warn') {
-        const zones = res.listings.map((l) => l.zone).join(', ');
-        const reason = res.listings.find((l) => l.reason)?.reason;
-        const text = `${what} ${subject} blocked using ${zones}${reason ? `; ${clean(reason)}` : ''}`;
-        return list.action === 'reject'
-          ? reject(what === 'Client host' ? 'dnsbl' : 'rhsbl', checks, `554 5.7.1 Service unavailable; ${text}`)
-          : { action: `450 4.7.1 Service unavailable; ${text}`, decidedBy: what === 'Client host' ? 'dnsbl' : 'rhsbl', checks };
-      }
-      if (res.errors.length > 0 && list.onError === 'defer' && res.score < list.threshold) {
-        return { action: `DEFER_IF_PERMIT 4.7.1 Client host [${ip}] could not be checked against ${res.errors.map((e) => e.zone).join(', ')}, try again later`, decidedBy: 'dnsbl_error', checks };
-      }
-      return undefined;
-    };
-    const bl = listed(c.dnsbl, x.dnsbl, 'Client host', `[${ip}]`) ?? listed(c.rhsbl, x.rhsbl, 'Sender domain', clean(req.sender.slice(req.sender.lastIndexOf('@') + 1)));
+    // The texts below are only made for the request they answer (most requests pass).
+    const bl = (c.dnsbl && x.dnsbl ? listed(c.dnsbl, x.dnsbl, 'dnsbl', req, checks) : undefined)
+      ?? (c.rhsbl && x.rhsbl ? listed(c.rhsbl, x.rhsbl, 'rhsbl', req, checks) : undefined);
     if (bl) return bl;
 
     // SPF: HELO identity first (RFC 7208 §2.3: a HELO fail is final), then MAIL FROM.
-    for (const v of [x.heloSpf, x.spf]) {
-      if (!v) continue;
-      const d = this.#spfVerdict(v, checks);
+    if (x.heloSpf) {
+      const d = this.#spfVerdict(x.heloSpf, checks);
+      if (d) return d;
+    }
+    if (x.spf) {
+      const d = this.#spfVerdict(x.spf, checks);
       if (d) return d;
     }
 
@@ -627,6 +637,7 @@ export class PolicyEngine {
     }
 
     if (x.fcrdns && (c.fcrdns === 'reject' || c.fcrdns === 'defer') && x.fcrdns.result !== 'pass') {
+      const ip = clean(req.clientAddress);
       if (x.fcrdns.result === 'temperror' || c.fcrdns === 'defer') {
         return { action: `450 4.7.25 Client host rejected: cannot find your hostname, [${ip}]`, decidedBy: 'fcrdns', checks };
       }
@@ -670,6 +681,10 @@ interface ClientVerdicts {
   readonly heloSpf: SpfVerdict | undefined;
   readonly spf: SpfVerdict | undefined;
   readonly expires: number;
+  /** The message's InboundChecks made from these verdicts, the HELO verdict and the directory (lookup-cache generation), until inboundUntil. */
+  inbound: InboundChecks | undefined;
+  inboundUntil: number;
+  inboundGeneration: number;
 }
 
 /** The earliest expiry among the verdicts a pass read (-Infinity: one was fetched by this decision). */
@@ -685,6 +700,25 @@ interface DirectoryMemo<T> {
   /** The lookup cache's generation it was derived in. */
   readonly generation: number;
   readonly expires: number;
+}
+
+/** A recipient's verdict and whether it carries sender-specified routing (user%host@...), remembered together. */
+interface RecipientFacts {
+  readonly verdict: RecipientVerdict;
+  readonly routing: boolean;
+}
+
+function recipientOf(read: MapReader, recipient: string): RecipientFacts | undefined {
+  const verdict = classifyRecipientWith(read, recipient);
+  return verdict === undefined ? undefined : { verdict, routing: hasSenderSpecifiedRouting(recipient) };
+}
+
+/** Whether mail for `domain` is ours (a mailbox or alias domain). */
+function isHosted(read: MapReader, domain: string): boolean | undefined {
+  const mailbox = read('virtual_mailbox_domains', domain);
+  const alias = read('virtual_alias_domains', domain);
+  if (mailbox === undefined || alias === undefined) return undefined;
+  return mailbox.found || alias.found;
 }
 
 interface HeloFacts {
@@ -710,6 +744,30 @@ function prependAction(spf: SpfVerdict): string {
     prependActions.set(spf, action);
   }
   return action;
+}
+
+/** The reject/450 action last made for a listing, and for which list and client address (or sender domain). */
+const blockedActions = new WeakMap<DnsblResult, { readonly list: DnsListPolicy; readonly subject: string; readonly action: string }>();
+
+/** A DNSBL (client) or RHSBL (sender domain) verdict that blocks or defers, else undefined. */
+function listed(list: DnsListPolicy, res: DnsblResult, kind: 'dnsbl' | 'rhsbl', req: PolicyRequest, checks: CheckFacts): PolicyDecision | undefined {
+  if (res.score >= list.threshold && list.action !== 'warn') {
+    const subject = kind === 'dnsbl' ? req.clientAddress : req.sender.slice(req.sender.lastIndexOf('@') + 1);
+    // A listed client's every RCPT gets the same text: made once per (cached) listing, so the server's reply cache hits it.
+    const known = blockedActions.get(res);
+    if (known !== undefined && known.list === list && known.subject === subject) return { action: known.action, decidedBy: kind, checks };
+    const zones = res.listings.map((l) => l.zone).join(', ');
+    const reason = res.listings.find((l) => l.reason)?.reason;
+    const what = kind === 'dnsbl' ? `Client host [${clean(subject)}]` : `Sender domain ${clean(subject)}`;
+    const text = `${what} blocked using ${zones}${reason ? `; ${clean(reason)}` : ''}`;
+    const action = list.action === 'reject' ? oneLine(`554 5.7.1 Service unavailable; ${text}`) : `450 4.7.1 Service unavailable; ${text}`;
+    blockedActions.set(res, { list, subject, action });
+    return { action, decidedBy: kind, checks };
+  }
+  if (res.errors.length > 0 && list.onError === 'defer' && res.score < list.threshold) {
+    return { action: `DEFER_IF_PERMIT 4.7.1 Client host [${clean(req.clientAddress)}] could not be checked against ${res.errors.map((e) => e.zone).join(', ')}, try again later`, decidedBy: 'dnsbl_error', checks };
+  }
+  return undefined;
 }
 
 function reject(decidedBy: string, checks: CheckFacts, text: string): PolicyDecision {
