@@ -1,9 +1,10 @@
 // Dovecot benchmark: userdb lookups and logins through a real Dovecot 2.3 for
-// each of mailwarden's paths (Lua bridge over HTTP, dict, checkpassword), next
-// to Dovecot's own passdb/userdb sql on the same MariaDB data and a trivial
-// dict server as the ceiling. See bench/README.md ("Dovecot").
+// each of mailwarden's paths (the Lua bridge over HTTP with LuaSocket and with
+// Dovecot's lib-http, dict, checkpassword), next to Dovecot's own passdb/userdb
+// sql on the same MariaDB data and trivial dict/HTTP servers as ceilings. See
+// bench/README.md ("Dovecot").
 //
-//   node bench/dovecot.ts [--seconds 5] [--only lua,dict,sql,trivial-dict,checkpassword]
+//   node bench/dovecot.ts [--seconds 5] [--only lua,lua-libhttp,dict,sql,trivial-dict,checkpassword]
 //       [--concurrency 1,10,50] [--login-concurrency 1,10] [--repeat N] [--mailboxes 100000] ...
 import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -486,21 +487,21 @@ async function main(): Promise<void> {
         cpuPids['server'] = d.pid;
         stops.push(() => d.stop());
         conf = await dictConf(dir, 'trivial', dictSocket);
-      } else if (target === 'trivial-http') {
+      } else if (target === 'trivial-http' || target === 'trivial-http-libhttp') {
         const port = await freePort();
         const sample = ds.mailboxes[0]!;
         const d = await startDaemon(process.execPath, [path.join(ROOT, 'bench/lib/dovecot-trivial-http.ts'), String(port), userdbJson(sample), disabledFile], { log: path.join(dir, 'trivial-http.log'), name: 'trivial-http' });
         await waitForPort(port, 10_000, () => !d.exited, 'trivial HTTP server');
         cpuPids['server'] = d.pid;
         stops.push(() => d.stop());
-        conf = await luaConf(mwRoot, dir, `http://127.0.0.1:${port}`, secret, opts.luaBlocking);
+        conf = await luaConf(mwRoot, dir, `http://127.0.0.1:${port}`, secret, info.transport!, opts.luaBlocking);
       } else if (target === 'sql') {
         conf = await sqlConf(dir, { socket: db.socket, database: dbName, ...sqlUser, vmail, ...nobody });
       } else if (target === 'dict') {
         conf = await dictConf(dir, 'mailwarden', dictSocket);
-      } else if (target === 'lua') {
+      } else if (target === 'lua' || target === 'lua-libhttp') {
         const port = Number(/inet:127\.0\.0\.1:(\d+)/.exec(readFileSync(mwConfig, 'utf8'))![1]);
-        conf = await luaConf(mwRoot, dir, `http://127.0.0.1:${port}`, secret, opts.luaBlocking);
+        conf = await luaConf(mwRoot, dir, `http://127.0.0.1:${port}`, secret, info.transport!, opts.luaBlocking);
       } else {
         const program = path.join(mwRoot, 'bin/mailwarden-checkpassword');
         const node = path.join(mwRoot, 'node_modules/node/bin/node');

@@ -109,22 +109,23 @@ export interface Verdict {
   readonly met: boolean | undefined;
 }
 
-const MAILWARDEN_PATHS: readonly TargetName[] = ['dict', 'lua', 'checkpassword'];
+const MAILWARDEN_PATHS: readonly TargetName[] = ['dict', 'lua', 'lua-libhttp', 'checkpassword'];
+/** Each Lua transport's ceiling: the same script against the trivial HTTP server. */
+const LUA_CEILING: Partial<Record<TargetName, TargetName>> = { lua: 'trivial-http', 'lua-libhttp': 'trivial-http-libhttp' };
 
 export function verdicts(rows: readonly DovecotRow[], lookupC: number): Verdict[] {
   const out: Verdict[] = [];
   const find = (t: TargetName, phase: Phase, c: number) => rows.find((r) => r.target === t && r.phase === phase && r.concurrency === c);
   const mark = (ok: boolean) => (ok ? 'ok' : 'MISSED');
-  const label = (t: TargetName) => (rows.find((r) => r.target === t)?.label ?? t).padEnd(24);
+  const label = (t: TargetName) => (rows.find((r) => r.target === t)?.label ?? t).padEnd(29);
 
   // Lookups at the reference concurrency, each kind against the same kind of run of sql and the trivial servers
   // (which cache nothing: their first and repeated lookups cost the same).
   for (const phase of ['first lookup', 'repeated lookup'] as const) {
     const sql = find('sql', phase, lookupC);
     const trivial = find('trivial-dict', phase, lookupC);
-    const luaCeiling = find('trivial-http', phase, lookupC);
     const kind = phase === 'first lookup' ? 'first lookups   ' : 'repeated lookups';
-    for (const t of ['dict', 'lua'] as const) {
+    for (const t of ['dict', 'lua', 'lua-libhttp'] as const) {
       const r = find(t, phase, lookupC);
       if (!r) continue;
       const parts: string[] = [];
@@ -141,19 +142,20 @@ export function verdicts(rows: readonly DovecotRow[], lookupC: number): Verdict[
         parts.push(`${x.toFixed(2)}x ${name} (${int(ref.opsPerSecond)}/s) ${mark(x >= goal)}`);
       }
       const met = missed ? false : missing ? undefined : true;
-      if (t === 'lua' && luaCeiling) parts.push(`[${(r.opsPerSecond / luaCeiling.opsPerSecond).toFixed(2)}x the Lua bridge to a trivial HTTP server, ${int(luaCeiling.opsPerSecond)}/s]`);
+      const ceiling = LUA_CEILING[t] && find(LUA_CEILING[t], phase, lookupC);
+      if (ceiling) parts.push(`[${(r.opsPerSecond / ceiling.opsPerSecond).toFixed(2)}x the same transport to a trivial HTTP server, ${int(ceiling.opsPerSecond)}/s]`);
       out.push({ target: t, check: `${phase}s` as Verdict['check'], met, line: `${kind} C=${lookupC} ${label(t)} ${int(r.opsPerSecond).padStart(7)}/s: ${parts.join(', ')}` });
     }
   }
 
   // First logins, one at a time (C=1, like the calibration): the whole path's CPU against one argon2id verification.
-  for (const t of ['lua', 'checkpassword', 'dict', 'sql'] as const) {
+  for (const t of ['lua', 'lua-libhttp', 'checkpassword', 'dict', 'sql'] as const) {
     const r = find(t, 'first login', 1) ?? rows.find((x) => x.target === t && x.phase === 'first login');
     if (!r || r.argon2CpuMs === undefined) continue;
     const whole = ((r.cpuUs['server'] ?? 0) + (r.cpuUs['dovecot'] ?? 0) + (r.cpuUs['mysqld'] ?? 0)) / 1000;
     const ratio = whole / r.argon2CpuMs;
     const ok = ratio <= 1 + GOALS.firstLoginOverhead;
-    const who = t === 'lua' || t === 'checkpassword' ? `mailwarden ${num(r.cpuUs['server'], 'ms')}` : `Dovecot's auth-workers ${num(r.cpuUs['workers'], 'ms')}`;
+    const who = t === 'lua' || t === 'lua-libhttp' || t === 'checkpassword' ? `mailwarden ${num(r.cpuUs['server'], 'ms')}` : `Dovecot's auth-workers ${num(r.cpuUs['workers'], 'ms')}`;
     const extra = t === 'checkpassword' ? `, the checkpassword process ${num(r.cpuUs['authChildren'], 'ms')}` : '';
     out.push({
       target: t, check: 'first logins', met: t === 'sql' ? undefined : ok,
@@ -162,7 +164,7 @@ export function verdicts(rows: readonly DovecotRow[], lookupC: number): Verdict[
   }
 
   // Repeated vs first logins.
-  for (const t of ['lua', 'checkpassword', 'dict', 'sql'] as const) {
+  for (const t of ['lua', 'lua-libhttp', 'checkpassword', 'dict', 'sql'] as const) {
     const cs = [...new Set(rows.filter((r) => r.target === t && r.phase === 'repeated login').map((r) => r.concurrency))].sort((a, b) => a - b);
     const parts: string[] = [];
     let met: boolean | undefined;

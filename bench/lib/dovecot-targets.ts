@@ -6,7 +6,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-export const TARGETS = ['trivial-dict', 'trivial-http', 'sql', 'dict', 'lua', 'checkpassword'] as const;
+export const TARGETS = ['trivial-dict', 'trivial-http', 'trivial-http-libhttp', 'sql', 'dict', 'lua', 'lua-libhttp', 'checkpassword'] as const;
 export type TargetName = (typeof TARGETS)[number];
 
 export interface TargetInfo {
@@ -18,14 +18,21 @@ export interface TargetInfo {
   readonly mailwarden: boolean;
   /** Who verifies the password hash on a login. */
   readonly verifier?: 'mailwarden' | 'dovecot';
+  /** The Lua script's TRANSPORT setting (Lua targets only). */
+  readonly transport?: LuaTransport;
 }
+
+/** How the shipped Lua script talks HTTP: LuaSocket (package lua-socket) or Dovecot's lib-http. */
+export type LuaTransport = 'luasocket' | 'dovecot.http';
 
 export const TARGET_INFO: Record<TargetName, TargetInfo> = {
   'trivial-dict': { label: 'trivial dict (fixed answer)', lookups: true, logins: false, mailwarden: false },
-  'trivial-http': { label: 'Lua bridge -> trivial HTTP', lookups: true, logins: false, mailwarden: false },
+  'trivial-http': { label: 'Lua (LuaSocket) -> trivial HTTP', lookups: true, logins: false, mailwarden: false, transport: 'luasocket' },
+  'trivial-http-libhttp': { label: 'Lua (dovecot.http) -> trivial HTTP', lookups: true, logins: false, mailwarden: false, transport: 'dovecot.http' },
   sql: { label: 'Dovecot sql (MariaDB)', lookups: true, logins: true, mailwarden: false, verifier: 'dovecot' },
   dict: { label: 'mailwarden dict', lookups: true, logins: true, mailwarden: true, verifier: 'dovecot' },
-  lua: { label: 'mailwarden Lua bridge', lookups: true, logins: true, mailwarden: true, verifier: 'mailwarden' },
+  lua: { label: 'mailwarden Lua (LuaSocket)', lookups: true, logins: true, mailwarden: true, verifier: 'mailwarden', transport: 'luasocket' },
+  'lua-libhttp': { label: 'mailwarden Lua (dovecot.http)', lookups: true, logins: true, mailwarden: true, verifier: 'mailwarden', transport: 'dovecot.http' },
   checkpassword: { label: 'mailwarden checkpassword', lookups: false, logins: true, mailwarden: true, verifier: 'mailwarden' },
 };
 
@@ -97,12 +104,17 @@ export async function dictConf(dir: string, name: string, socket: string): Promi
  * The Lua bridge and 2.3 snippet shipped by the mailwarden under test
  * (`root`/dovecot-conf/mailwarden.lua, 2.3/auth-mailwarden.conf.ext), unchanged
  * but for the script's settings lines and path (as test/support/dovecot.ts
- * does for the tests), so `--rev` measures that revision's script too.
+ * does for the tests), so `--rev` measures that revision's script too. The
+ * transport is forced, so a host without LuaSocket fails the LuaSocket
+ * targets instead of measuring the fallback; a script from before the
+ * TRANSPORT setting (dovecot.http only) runs unchanged for `dovecot.http`.
  */
-export async function luaConf(root: string, dir: string, url: string, secret: string, blocking = true): Promise<string> {
+export async function luaConf(root: string, dir: string, url: string, secret: string, transport: LuaTransport, blocking = true): Promise<string> {
   const file = path.join(dir, 'mailwarden.lua');
   let script = await readFile(path.join(root, 'dovecot-conf', 'mailwarden.lua'), 'utf8');
   const settings: Record<string, string> = { URL: JSON.stringify(url), SECRET: JSON.stringify(secret), SECRET_FILE: '""', TIMEOUT_MS: '5000' };
+  if (/^local TRANSPORT = /m.test(script)) settings['TRANSPORT'] = JSON.stringify(transport);
+  else if (transport !== 'dovecot.http') throw new Error(`${root}/dovecot-conf/mailwarden.lua has no TRANSPORT setting: it only speaks dovecot.http (use the lua-libhttp targets)`);
   for (const [name, value] of Object.entries(settings)) {
     const re = new RegExp(`^local ${name} = [^\\n]*?(\\s*--[^\\n]*)?$`, 'm');
     if (!re.test(script)) throw new Error(`${root}/dovecot-conf/mailwarden.lua: no "local ${name} = ..." settings line`);

@@ -3,18 +3,23 @@
 // (dovecot-conf/mailwarden.lua + dovecot-conf/2.3/auth-mailwarden.conf.ext)
 // against a private Dovecot 2.3, with a small in-test HTTP server standing in
 // for mailwarden's auth endpoint (two fixed users; the real end-to-end tests
-// run mailwarden itself).
+// run mailwarden itself). The script runs as installed (TRANSPORT = "auto":
+// LuaSocket, which ensure-deps installs), except where a test forces the
+// dovecot.http fallback. The stand-in answers chunked (node:http without a
+// Content-Length), mailwarden with a Content-Length: the script reads both.
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { readFile, writeFile } from "node:fs/promises";
 import http from "node:http";
-import type { AddressInfo } from "node:net";
+import { unlinkSync } from "node:fs";
+import type { AddressInfo, Socket } from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
   MAILWARDEN_LUA,
   mailwardenAuthConf23,
   startDovecot,
+  waitForDovecotLog,
   withDovecotLogs,
   writeMailwardenLua,
   type DovecotInstance,
@@ -198,10 +203,11 @@ plugin {
         assert.match(res.stdout, /code=temp_fail/); // doveadm's rendering of a temporary failure
         if (user.startsWith("slow")) assert.ok(performance.now() - t < 10_000, "the 1.5 s request timeout applies");
       }
-      const log = await dovecot.logs();
+      // LuaSocket's settimeout over the whole request (the dovecot.http fallback: see below).
+      const slowLine = /lua\(slow@example\.org[^)]*\): passdb-lua: mailwarden passdb: timeout \(http:\/\/127\.0\.0\.1:\d+\)/;
+      const log = await waitForDovecotLog(dovecot, slowLine);
       assert.match(log, /lua\(broken@example\.org[^)]*\): passdb-lua: mailwarden passdb: HTTP 500/);
-      // Dovecot's own client errors are >= 9000 (9007 = timed out).
-      assert.match(log, /lua\(slow@example\.org[^)]*\): passdb-lua: mailwarden passdb: HTTP 9\d\d\d/);
+      assert.match(log, slowLine);
       // The timed-out connection must not hold up later requests (passdb and userdb alike).
       const t = performance.now();
       assert.equal((await dovecot.doveadm(["auth", "test", "alice@example.org", "alice-pw"])).code, 0);
@@ -261,15 +267,16 @@ plugin {
       assert.equal(req.secret, SECRET);
     }));
 
-  it("detects the 2.3 API (HTTP client option names) and logs it once per Lua state", () =>
+  it("detects the 2.3 API (HTTP client option names) and LuaSocket, and logs both once per Lua state", () =>
     withLogs(async () => {
       const log = await dovecot.logs();
-      assert.match(log, /mailwarden\.lua: using the Dovecot 2\.3 API, endpoint http:\/\/127\.0\.0\.1:\d+/);
+      assert.match(log, /mailwarden\.lua: using the Dovecot 2\.3 API and LuaSocket [\d.]+, endpoint http:\/\/127\.0\.0\.1:\d+/);
       assert.doesNotMatch(log, /Dovecot 2\.4 API/);
+      assert.doesNotMatch(log, /API and dovecot\.http/);
       // The one script also carries the 2.4 spellings.
       const script = await readFile(MAILWARDEN_LUA, "utf8");
       assert.match(script, /request_absolute_timeout = /);
-      assert.match(script, /req\.protocol or req\.service/);
+      assert.match(script, /if v24 then service = req\.protocol else service = req\.service end/);
     }));
 
   it("IMAP LOGIN: OK, NO for a wrong password, NO [UNAVAILABLE] for a backend failure", () =>
@@ -442,6 +449,153 @@ function auth_userdb_lookup(req) return ul(as24(req)) end
         await postfix.stop();
       }
     }));
+
+  /** A Dovecot of its own whose script has these settings, stopped afterwards. */
+  const withOwnDovecot = async (
+    name: string,
+    settings: Parameters<typeof writeMailwardenLua>[1],
+    fn: (d: DovecotInstance) => Promise<void>,
+  ): Promise<void> => {
+    const luaFile = path.join(dir.path, `mailwarden-${name}.lua`);
+    await writeMailwardenLua(luaFile, settings);
+    const d = await startDovecot({ conf: await mailwardenAuthConf23(luaFile) });
+    try {
+      await withDovecotLogs(d, () => fn(d));
+    } finally {
+      await d.stop();
+    }
+  };
+
+  it('TRANSPORT = "dovecot.http" (the fallback without lua-socket): logins, lookups, iteration, a 500 and a timeout', () => {
+    const port = (api.server.address() as AddressInfo).port;
+    return withOwnDovecot("libhttp", { url: `http://127.0.0.1:${port}`, secret: SECRET, timeoutMs: 1500, transport: "dovecot.http" }, async (d) => {
+      const ok = await d.doveadm(["auth", "test", "-x", "service=imap", "alice@example.org", "alice-pw"]);
+      assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+      const req = api.seen.findLast((s) => s.url.startsWith("/dovecot/passdb?"))!;
+      assert.equal(req.url, "/dovecot/passdb?user=alice%40example.org&service=imap&version=2.3");
+      assert.equal(req.secret, SECRET);
+      assert.equal(req.params.password, "alice-pw");
+      for (const [user, pw] of [["alice@example.org", "nope"], ["nobody@example.org", "x"]]) {
+        const r = await d.doveadm(["auth", "test", user!, pw!]);
+        assert.equal(r.code, 77, r.stdout + r.stderr);
+        assert.doesNotMatch(r.stdout, /temp_fail/);
+      }
+      const user = await d.doveadm(["user", "alice@example.org"]);
+      assert.equal(user.code, 0, user.stdout + user.stderr);
+      assert.match(user.stdout, /quota_rule\s+\*:storage=1M/);
+      assert.equal((await d.doveadm(["user", "nobody@example.org"])).code, 67);
+      const all = await d.doveadm(["user", "*"]);
+      assert.deepEqual(all.stdout.trim().split("\n").sort(), ["alice@example.org", "bob@example.org"]);
+      assert.ok((await imapLogin(d.imapPort, "bob@example.org", BOB_PW)).ok);
+      for (const u of ["broken@example.org", "slow@example.org"]) {
+        const r = await d.doveadm(["auth", "test", u, "x"]);
+        assert.match(r.stdout, /code=temp_fail/, `${u}: ${r.stdout}`);
+      }
+      const t = performance.now();
+      assert.equal((await d.doveadm(["auth", "test", "alice@example.org", "alice-pw"])).code, 0);
+      assert.ok(performance.now() - t < 1000, "the timed-out request holds up nothing");
+      // Dovecot's own client errors are >= 9000 (9007 = timed out).
+      const slowLine = /lua\(slow@example\.org[^)]*\): passdb-lua: mailwarden passdb: HTTP 9\d\d\d/;
+      const log = await waitForDovecotLog(d, slowLine);
+      assert.match(log, /mailwarden\.lua: using the Dovecot 2\.3 API and dovecot\.http, endpoint http:\/\/127\.0\.0\.1:\d+/);
+      assert.match(log, /mailwarden passdb: HTTP 500/);
+      assert.match(log, slowLine);
+      assert.doesNotMatch(log, /LuaSocket/);
+    });
+  });
+
+  it("LuaSocket keeps its connection, reopens one mailwarden closed (idle close, restart), and mailwarden down is a temporary failure", async () => {
+    const own = standIn(
+      () => dovecot.homeDir,
+      () => dovecot.mailUid,
+    );
+    const sockets: Socket[] = [];
+    own.server.on("connection", (s: Socket) => sockets.push(s));
+    own.server.listen(0, "127.0.0.1");
+    await once(own.server, "listening");
+    const port = (own.server.address() as AddressInfo).port;
+    const up = async (): Promise<void> => {
+      own.server.listen(port, "127.0.0.1");
+      await once(own.server, "listening");
+    };
+    const down = async (): Promise<void> => {
+      const closed = once(own.server, "close");
+      own.server.close();
+      own.server.closeAllConnections();
+      await closed;
+    };
+    try {
+      await withOwnDovecot("conn", { url: `http://127.0.0.1:${port}`, secret: SECRET, timeoutMs: 1500, transport: "luasocket" }, async (d) => {
+        const lookup = async (what: string): Promise<void> => {
+          const r = await d.doveadm(["user", "alice@example.org"]);
+          assert.equal(r.code, 0, `${what}: ${r.stdout}${r.stderr}`);
+        };
+        for (let i = 0; i < 5; i++) await lookup(`lookup ${i}`);
+        assert.ok(sockets.length <= 2, `5 lookups opened ${sockets.length} connections (one per Lua state expected)`);
+        // What mailwarden does to a connection idle for 60 s: the script finds it closed and sends again on a new one.
+        own.server.closeAllConnections();
+        const opened = sockets.length;
+        await lookup("after the server closed the connection");
+        assert.equal(sockets.length, opened + 1, "one new connection");
+        await down();
+        await up();
+        await lookup("after a restart");
+        // Down: temporary failures, never "unknown user".
+        await down();
+        const user = await d.doveadm(["user", "alice@example.org"]);
+        assert.equal(user.code, 75, user.stdout + user.stderr); // EX_TEMPFAIL
+        const login = await d.doveadm(["auth", "test", "alice@example.org", "alice-pw"]);
+        assert.match(login.stdout, /code=temp_fail/, login.stdout);
+        const lmtp = await lmtpDeliver(d.lmtpPort, "sender@client.test", ["alice@example.org"], "Subject: x\r\n\r\nx\r\n");
+        assert.equal(lmtp.recipients[0]?.rcptReply.code, 451, JSON.stringify(lmtp));
+        const refused = /mailwarden userdb: connect to http:\/\/127\.0\.0\.1:\d+: connection refused/;
+        assert.match(await waitForDovecotLog(d, refused), refused);
+        await up();
+        await lookup("back up");
+      });
+    } finally {
+      own.server.closeAllConnections();
+      own.server.close();
+    }
+  });
+
+  it("a unix: URL: lookups and logins over a UNIX socket with LuaSocket; with dovecot.http a temporary failure that says why", async () => {
+    const own = standIn(
+      () => dovecot.homeDir,
+      () => dovecot.mailUid,
+    );
+    const sock = path.join(dir.path, "auth.sock");
+    own.server.listen(sock);
+    await once(own.server, "listening");
+    try {
+      await withOwnDovecot("unix", { url: `unix:${sock}`, secret: SECRET, timeoutMs: 1500 }, async (d) => {
+        const user = await d.doveadm(["user", "alice@example.org"]);
+        assert.equal(user.code, 0, user.stdout + user.stderr);
+        assert.match(user.stdout, /quota_rule\s+\*:storage=1M/);
+        const login = await d.doveadm(["auth", "test", "bob@example.org", BOB_PW]);
+        assert.equal(login.code, 0, login.stdout + login.stderr);
+        const req = own.seen.findLast((s) => s.url.startsWith("/dovecot/passdb?"))!;
+        assert.equal(req.secret, SECRET);
+        assert.equal(req.params.password, BOB_PW);
+        assert.deepEqual((await d.doveadm(["user", "*"])).stdout.trim().split("\n").sort(), ["alice@example.org", "bob@example.org"]);
+        const using = /using the Dovecot 2\.3 API and LuaSocket [\d.]+, endpoint unix:\//;
+        assert.match(await waitForDovecotLog(d, using), using);
+      });
+      await withOwnDovecot("unix-libhttp", { url: `unix:${sock}`, secret: SECRET, timeoutMs: 1500, transport: "dovecot.http" }, async (d) => {
+        const user = await d.doveadm(["user", "alice@example.org"]);
+        assert.equal(user.code, 75, user.stdout + user.stderr);
+        const why = /mailwarden userdb: a unix: URL needs LuaSocket \(package lua-socket\)/;
+        assert.match(await waitForDovecotLog(d, why), why);
+      });
+    } finally {
+      own.server.close();
+      try {
+        unlinkSync(sock);
+      } catch {
+        // already gone
+      }
+    }
+  });
 
   it("the auth-client and auth-userdb sockets live in base_dir", () =>
     withLogs(async () => {

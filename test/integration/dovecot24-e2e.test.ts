@@ -6,7 +6,8 @@
 // logins, userdb lookup and iteration, LMTP delivery with the 2.4 quota field,
 // last_login and quota_clone over dict protocol 4.0, disabled accounts, a
 // weak-scheme (MD5-CRYPT) import that 2.4 alone would refuse, and the auth
-// policy settings. Skips only when not root.
+// policy settings; the script's LuaSocket transport across a restart and an
+// outage of mailwarden, and its dovecot.http fallback. Skips only when not root.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -18,7 +19,7 @@ import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
 import { hashPassword } from '../../src/directory/passwords.ts';
 import { DEFAULT_ARGON2 } from '../../src/config/load.ts';
-import { mailwardenLuaScript, withDovecotLogs } from '../support/dovecot.ts';
+import { mailwardenLuaScript, waitForDovecotLog, withDovecotLogs } from '../support/dovecot.ts';
 import {
   AUTH_MAILWARDEN_CONF_24, MAILWARDEN_CONF_24, dovecot24SkipReason, shippedConf24, startDovecot24, type Dovecot24Instance,
 } from '../support/dovecot24.ts';
@@ -62,6 +63,7 @@ describe('Dovecot 2.4 + mailwarden (same Lua bridge, dovecot-conf/2.4 snippets, 
   let daemon: Daemon;
   let directoryPath: string;
   let config: string;
+  let authUrl: string;
   const admin = () => new DirectoryAdmin(YamlDirectory.open(directoryPath));
 
   // Long: builds the trixie chroot first if it is missing (~45 s).
@@ -70,6 +72,7 @@ describe('Dovecot 2.4 + mailwarden (same Lua bridge, dovecot-conf/2.4 snippets, 
     directoryPath = join(tmp.path, 'directory.yaml');
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
+    authUrl = url;
     dovecot = await startDovecot24({
       conf: async ({ dir, hostDir }) => {
         writeFileSync(join(hostDir, 'mailwarden.lua'), await mailwardenLuaScript({ url, secret: SECRET, timeoutMs: 3000 }), { mode: 0o644 });
@@ -245,4 +248,61 @@ describe('Dovecot 2.4 + mailwarden (same Lua bridge, dovecot-conf/2.4 snippets, 
       assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'new bob pw')).ok, false);
       assert.equal((await dovecot.doveadm(['user', 'bob@example.org'])).code, 67);
     }));
+  it('LuaSocket: a mailwarden restart between two lookups goes unnoticed; mailwarden down is a temporary failure, not an unknown user', () =>
+    withLogs(async () => {
+      assert.match(await dovecot.logs(), /mailwarden\.lua: using the Dovecot 2\.4 API and LuaSocket [\d.]+, endpoint http:/);
+      const lookup = async (what: string) => {
+        const r = await dovecot.doveadm(['user', 'alice@example.org']);
+        assert.equal(r.code, 0, `${what}: ${r.stdout}${r.stderr}`);
+      };
+      await lookup('before');
+      await daemon.stop();
+      daemon = await startDaemon(config);
+      await lookup('right after a restart');
+      assert.equal((await imapLogin(dovecot.imapPort, 'alice@example.org', 'alice pw')).ok, true);
+
+      await daemon.stop();
+      try {
+        const user = await dovecot.doveadm(['user', 'alice@example.org']);
+        assert.equal(user.code, 75, `EX_TEMPFAIL, not 67 (unknown user): ${user.stdout}${user.stderr}`);
+        const login = await dovecot.doveadm(['auth', 'test', 'alice@example.org', 'alice pw']);
+        assert.match(login.stdout, /code=temp_fail/, login.stdout);
+        const lmtp = await lmtpDeliver(dovecot.lmtpPort, 'sender@client.example', ['alice@example.org'], 'Subject: x\r\n\r\nx\r\n');
+        assert.equal(lmtp.recipients[0]?.rcptReply.code, 451, `a 4xx, never 550: ${JSON.stringify(lmtp)}`);
+        const refused = /mailwarden userdb: connect to http:\/\/127\.0\.0\.1:\d+: connection refused/;
+        assert.match(await waitForDovecotLog(dovecot, refused), refused);
+      } finally {
+        daemon = await startDaemon(config);
+      }
+      await lookup('back up');
+    }));
+
+  it('TRANSPORT = "dovecot.http" (no lua-socket) on 2.4: login, lookup and iteration against mailwarden', async () => {
+    const d = await startDovecot24({
+      conf: async ({ dir, hostDir }) => {
+        writeFileSync(join(hostDir, 'mailwarden.lua'),
+          await mailwardenLuaScript({ url: authUrl, secret: SECRET, timeoutMs: 3000, transport: 'dovecot.http' }), { mode: 0o644 });
+        return shippedConf24(AUTH_MAILWARDEN_CONF_24, { '/etc/dovecot/mailwarden.lua': `${dir}/mailwarden.lua` });
+      },
+    });
+    try {
+      await withDovecotLogs(d, async () => {
+        const ok = await d.doveadm(['auth', 'test', 'alice@example.org', 'alice pw']);
+        assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+        assert.equal((await d.doveadm(['auth', 'test', 'alice@example.org', 'nope'])).code, 77);
+        const r = await d.doveadm(['user', 'alice@example.org']);
+        assert.equal(r.code, 0, r.stdout + r.stderr);
+        assert.match(r.stdout, /quota_storage_size\s+1048576B\n/);
+        assert.equal((await d.doveadm(['user', 'carol@example.org'])).code, 67);
+        const all = await d.doveadm(['user', '*']);
+        assert.equal(all.code, 0, all.stdout + all.stderr);
+        assert.ok(all.stdout.trim().split('\n').includes('olga@example.org'), all.stdout);
+        assert.equal((await imapLogin(d.imapPort, 'alice@example.org', 'alice pw')).ok, true);
+        const using = /mailwarden\.lua: using the Dovecot 2\.4 API and dovecot\.http, endpoint/;
+        assert.match(await waitForDovecotLog(d, using), using);
+      });
+    } finally {
+      await d.stop();
+    }
+  });
 });

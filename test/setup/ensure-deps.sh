@@ -9,8 +9,8 @@
 #   install a policy-rc.d (exit 101) keeps maintainer scripts from starting
 #   postfix, mariadb or dovecot; a pre-existing policy-rc.d is left alone.
 # - Dovecot: imapd/pop3d/lmtpd for the protocols the tests speak, auth-lua +
-#   lua-cjson for dovecot-conf/mailwarden.lua. /etc/dovecot is never edited
-#   (the private instances use `dovecot -c <temp dir>/dovecot.conf`).
+#   lua-cjson + lua-socket for dovecot-conf/mailwarden.lua. /etc/dovecot is
+#   never edited (the private instances use `dovecot -c <temp dir>/dovecot.conf`).
 # - OpenDKIM (the milter, in sign mode) and Mail::DKIM (libmail-dkim-perl, DKIM
 #   and ARC verifiers) are independent implementations the milter tests check
 #   mailwarden's signatures and ARC seals against; the opendkim service is not
@@ -25,13 +25,14 @@
 set -euo pipefail
 
 PACKAGES=(postfix postfix-mysql postfix-lmdb mariadb-server mariadb-client swaks
-  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua lua-cjson opendkim-tools opendkim libmail-dkim-perl)
+  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-auth-lua lua-cjson lua-socket opendkim-tools opendkim libmail-dkim-perl)
 # A command each package must provide (checked too, in case dpkg lies or is absent).
 COMMANDS=(/usr/sbin/postfix /usr/sbin/postmap /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/mariadb /usr/bin/swaks
   /usr/sbin/dovecot /usr/bin/doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/pop3 /usr/lib/dovecot/lmtp /usr/sbin/opendkim)
 # Non-executable files a package must provide (plugins, Lua modules). Globs are
-# allowed; Dovecot 2.3 on bookworm embeds Lua 5.4, so it loads cjson for 5.4.
-FILES=(/usr/lib/dovecot/modules/auth/libauthdb_lua.so "/usr/lib/*/lua/5.4/cjson.so" /usr/share/perl5/Mail/DKIM/ARC/Verifier.pm)
+# allowed; Dovecot 2.3 on bookworm embeds Lua 5.4, so it loads cjson and
+# LuaSocket (the Lua script's fast transport) for 5.4.
+FILES=(/usr/lib/dovecot/modules/auth/libauthdb_lua.so "/usr/lib/*/lua/5.4/cjson.so" "/usr/lib/*/lua/5.4/socket/unix.so" /usr/share/perl5/Mail/DKIM/ARC/Verifier.pm)
 POLICY=/usr/sbin/policy-rc.d
 POLICY_MARK="# mailwarden ensure-deps: temporary"
 

@@ -491,6 +491,20 @@ export function killStrayDovecot(runId: string): Promise<number> {
   });
 }
 
+/**
+ * Dovecot's log once it matches `re` (or, after `timeoutMs`, as it is, for the
+ * assertion to show): processes log through Dovecot's log process, so a line
+ * can land in the file just after the client got its answer.
+ */
+export async function waitForDovecotLog(d: { logs(): Promise<string> }, re: RegExp, timeoutMs = 3000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = await d.logs();
+    if (re.test(text) || Date.now() > deadline) return text;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 // ---- the shipped Lua bridge, configured for a test ----
 
 export interface MailwardenLuaSettings {
@@ -499,6 +513,8 @@ export interface MailwardenLuaSettings {
   secret?: string;
   secretFile?: string;
   timeoutMs?: number;
+  /** The script's TRANSPORT; left at "auto" (LuaSocket when installed) unless given. */
+  transport?: "auto" | "luasocket" | "dovecot.http";
 }
 
 function luaString(value: string): string {
@@ -521,6 +537,7 @@ export async function mailwardenLuaScript(settings: MailwardenLuaSettings): Prom
   set("SECRET", luaString(settings.secret ?? ""));
   set("SECRET_FILE", luaString(settings.secretFile ?? ""));
   set("TIMEOUT_MS", String(Math.trunc(settings.timeoutMs ?? 5000)));
+  if (settings.transport !== undefined) set("TRANSPORT", luaString(settings.transport));
   return text;
 }
 

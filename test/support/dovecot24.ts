@@ -127,7 +127,9 @@ export function dovecot24SkipReason(): string | undefined {
 /** True when ensure-dovecot24.sh has finished building the chroot. */
 export function trixieChrootReady(root = TRIXIE_ROOT): boolean {
   try {
-    return readFileSync(path.join(root, STAMP), "utf8").startsWith("suite=trixie ") && existsSync(path.join(root, "usr/sbin/dovecot"));
+    // A chroot from before lua-socket joined the recipe is rebuilt: the Lua script's tests expect LuaSocket.
+    const spec = readFileSync(path.join(root, STAMP), "utf8").split("\n")[0] ?? "";
+    return spec.startsWith("suite=trixie ") && /[=,]lua-socket\b/.test(spec) && existsSync(path.join(root, "usr/sbin/dovecot"));
   } catch {
     return false;
   }
