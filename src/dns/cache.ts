@@ -3,9 +3,9 @@
 // `TXT example.com` for SPF and again for DMARC; DNSBL and FCrDNS repeat per
 // connection from the same client).
 //
-// - Answers live for their TTL where the resolver reports one (A/AAAA through
-//   TtlDnsResolver.query), else for `defaultTtlS`; always clamped to
-//   [minTtlS, maxTtlS].
+// - Answers live for their TTL where the resolver reports one
+//   (TtlDnsResolver.query: createResolver reports it for every type), else
+//   for `defaultTtlS`; always clamped to [minTtlS, maxTtlS].
 // - NXDOMAIN and NODATA are answers too and are cached for `negativeTtlS`
 //   (RFC 2308; Node does not expose the SOA minimum, so it is configured).
 // - Temporary failures (timeout, SERVFAIL, ...) are never cached: the next
@@ -26,7 +26,7 @@ export interface DnsCacheOptions {
   readonly maxTtlS: number;
   /** How long NXDOMAIN / NODATA answers are kept, seconds (clamped to maxTtlS). */
   readonly negativeTtlS: number;
-  /** TTL for answers whose record TTL Node does not expose (all but A/AAAA), seconds. Default 300. */
+  /** TTL for answers from a resolver that reports none (a plain DnsResolver), seconds. Default 300. */
   readonly defaultTtlS?: number;
   /** Monotonic clock in ms (tests inject one). Default performance.now. */
   readonly now?: () => number;

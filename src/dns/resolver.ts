@@ -155,9 +155,12 @@ export interface NodeDnsResolver extends TtlDnsResolver {
  * up early, and we fail with ETIMEOUT at `timeoutMs`, whatever c-ares is still
  * doing. Answers truncated over UDP (TC bit) are retried over TCP by c-ares.
  *
- * Names c-ares refuses (EBADNAME for "+", ":", space, ...: legal in DNS, and
- * SPF macros put local parts into names) are asked by our own stub client
- * instead (raw-query.ts), to the same servers under the same deadline.
+ * Only A and AAAA go through c-ares, the one place Node reports a TTL. TXT,
+ * MX, PTR, CNAME and NS are asked by our own stub client (raw-query.ts), which
+ * reads every record's TTL, so the cache keeps SPF, DKIM, DMARC and PTR
+ * answers exactly as long as their zone says. The stub client also asks A/AAAA
+ * names c-ares refuses (EBADNAME for "+", ":", space, ...: legal in DNS, and
+ * SPF macros put local parts into names). Same servers, same deadline.
  */
 export function createResolver(opts: ResolverOptions): NodeDnsResolver {
   const timeoutMs = opts.timeoutMs;
@@ -170,6 +173,7 @@ export function createResolver(opts: ResolverOptions): NodeDnsResolver {
   const resolver = new Resolver({ timeout: attemptMs, tries, maxTimeout: attemptMs });
   if (servers.length > 0) resolver.setServers(servers);
   let cancelRaw = new AbortController();
+  const serverList = (): readonly string[] => (servers.length > 0 ? servers : resolver.getServers());
 
   async function raw(name: string, rrtype: DnsRrType): Promise<DnsAnswer> {
     const answer = await rawAnswer(name, rrtype);
@@ -186,15 +190,12 @@ export function createResolver(opts: ResolverOptions): NodeDnsResolver {
         return { value: recs.map((r) => r.address), ttlS: recs.reduce((min, r) => Math.min(min, r.ttl), Infinity) };
       }
       case 'MX':
-        return { value: (await resolver.resolveMx(name)).map((r) => ({ exchange: r.exchange, priority: r.priority })) };
       case 'TXT':
-        return { value: await resolver.resolveTxt(name) };
       case 'PTR':
-        return { value: await resolver.resolvePtr(name) };
       case 'CNAME':
-        return { value: await resolver.resolveCname(name) };
       case 'NS':
-        return { value: await resolver.resolveNs(name) };
+        // c-ares reports no TTL for these; our stub client does, so the cache keeps SPF, DKIM, DMARC and PTR answers for their TTL.
+        return rawQuery(name, rrtype, { servers: serverList(), timeoutMs, tries, signal: cancelRaw.signal });
       default:
         // c-ares cannot ask for type 99 (SPF); RFC 7208 §3.1 retired it, and mailauth only asks TXT.
         throw new DnsError('ENOTIMP', name, String(rrtype), { message: `${String(rrtype)} ${name}: record type not supported` });
@@ -206,8 +207,7 @@ export function createResolver(opts: ResolverOptions): NodeDnsResolver {
   // query()'s, which so ends the lookup first: a raw ETIMEOUT never reaches the retry below.
   const askRefused = (name: string, rrtype: DnsRrType) => (err: unknown): Promise<DnsAnswer> => {
     if ((err as { code?: unknown } | null)?.code !== 'EBADNAME') throw err;
-    const to = servers.length > 0 ? servers : resolver.getServers();
-    return rawQuery(name, rrtype, { servers: to, timeoutMs, tries, signal: cancelRaw.signal });
+    return rawQuery(name, rrtype, { servers: serverList(), timeoutMs, tries, signal: cancelRaw.signal });
   };
 
   function query(name: string, rrtype: DnsRrType): Promise<DnsAnswer> {

@@ -85,10 +85,13 @@ describe('createResolver against a DNS server', () => {
     assert.deepEqual(await resolve('EXAMPLE.COM.', 'A'), ['192.0.2.1', '192.0.2.2']);
   });
 
-  it('reports the record TTL for A/AAAA only', async () => {
+  it('reports the smallest record TTL of every answer type', async () => {
     assert.deepEqual(await resolve.query('example.com', 'A'), { value: ['192.0.2.1', '192.0.2.2'], ttlS: 5 });
     assert.deepEqual(await resolve.query('example.com', 'AAAA'), { value: ['2001:db8::1'], ttlS: 300 });
-    assert.equal((await resolve.query('example.com', 'TXT')).ttlS, undefined);
+    // Node's resolver reports none for these: they come through raw-query.ts, which reads it.
+    assert.equal((await resolve.query('example.com', 'TXT')).ttlS, 60);
+    assert.equal((await resolve.query('example.com', 'MX')).ttlS, 300);
+    assert.equal((await resolve.query('1.2.0.192.in-addr.arpa', 'PTR')).ttlS, 300);
   });
 
   it('keeps a long TXT string as its 255-octet <character-string>s', async () => {
@@ -194,17 +197,22 @@ describe('cachedResolver over createResolver', () => {
     assert.deepEqual({ ...cache.stats }, { hits: 1, negativeHits: 0, misses: 2, inflightJoins: 0, evictions: 0 });
   });
 
-  it('uses defaultTtlS where Node reports no TTL, clamped to [minTtlS, maxTtlS]', async () => {
+  it('keeps TXT answers for their record TTL, clamped to [minTtlS, maxTtlS]', async () => {
     let clock = 0;
-    const cache = cachedResolver(upstream(), { ...opts, maxTtlS: 100, now: () => clock });
+    const cache = cachedResolver(upstream(), { ...opts, now: () => clock });
     server.clearLog();
     await cache('example.com', 'TXT');
-    clock += 99_000;
+    clock += 59_000;
     await cache('example.com', 'TXT');
     assert.equal(server.count('example.com', 'TXT'), 1);
     clock += 1_001;
     await cache('example.com', 'TXT');
-    assert.equal(server.count('example.com', 'TXT'), 2, 'defaultTtlS 120 capped by maxTtlS 100');
+    assert.equal(server.count('example.com', 'TXT'), 2, 'the record TTL (60 s), not defaultTtlS (120 s)');
+    const capped = cachedResolver(upstream(), { ...opts, maxTtlS: 30, now: () => clock });
+    await capped('example.com', 'TXT');
+    clock += 30_001;
+    await capped('example.com', 'TXT');
+    assert.equal(server.count('example.com', 'TXT'), 4, 'TTL 60 capped by maxTtlS 30');
 
     const floor = cachedResolver(upstream(), { ...opts, minTtlS: 10, now: () => clock });
     await floor('short.example.com', 'A');
