@@ -9,7 +9,7 @@
 //
 //   node bench/milter.ts [--seconds 4] [--concurrency 1,10,50] [--only mailwarden,opendkim] ...
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -66,7 +66,11 @@ const USAGE = `usage: node bench/milter.ts [options]
   --transport T        unix (default; Debian's default for OpenDKIM/OpenDMARC) or inet (127.0.0.1 TCP: OpenDKIM and
                        OpenDMARC then wait ~40 ms per message for a delayed ACK, see bench/README.md)
   --log-level LEVEL    mailwarden log.level (default warn)
-  --cpu-prof DIR       run mailwarden under node --cpu-prof; one profile per phase is written to DIR when it stops
+  --milter-workers N   mailwarden milter.workers: auto or a number (default: not set, i.e. the daemon's default auto =
+                       one auth worker thread per core; 0 = everything in the main thread; older revisions know no
+                       such setting). The report shows how many worker threads the daemon ran.
+  --cpu-prof DIR       run mailwarden under node --cpu-prof; DIR/mailwarden-<phase>/ gets one profile per thread (main
+                       thread and auth workers; the thread id is in the name) when it stops
   --quiet-wait S       wait up to S s before each run for other processes to use < 10% of the CPUs (default 60)
   --keep               keep the temp dir
   --json-out FILE      also write the results as JSON
@@ -194,6 +198,7 @@ async function main(): Promise<void> {
       'big-count': { type: 'string' }, seed: { type: 'string' }, 'dns-address': { type: 'string' }, 'log-level': { type: 'string' },
       'quiet-wait': { type: 'string' }, keep: { type: 'boolean' }, 'json-out': { type: 'string' }, help: { type: 'boolean', short: 'h' },
       transport: { type: 'string' }, 'cpu-prof': { type: 'string' }, mailwarden: { type: 'string' }, rev: { type: 'string' },
+      'milter-workers': { type: 'string' },
     },
     strict: true,
   });
@@ -226,6 +231,10 @@ async function main(): Promise<void> {
   const transport = values.transport ?? 'unix';
   if (transport !== 'unix' && transport !== 'inet') usage('--transport: unix or inet');
   const cpuProf = values['cpu-prof'] ? path.resolve(values['cpu-prof']) : undefined;
+  const milterWorkers = values['milter-workers'];
+  if (milterWorkers !== undefined && milterWorkers !== 'auto' && !/^\d+$/.test(milterWorkers)) usage('--milter-workers: auto or a number');
+  /** Auth worker threads the mailwarden daemon ran, per phase (counted in /proc). */
+  const mwWorkers: Partial<Record<Phase, number>> = {};
 
   installSignalHandlers();
   if (process.getuid?.() !== 0) usage('needs root: the peers run in a private mount namespace (unshare -m) and the test DNS binds port 53');
@@ -313,10 +322,12 @@ async function main(): Promise<void> {
           const endpoint: MilterEndpoint = transport === 'unix' ? { path: path.join(sockDir, `${phase}-${kind}${run}.sock`) } : { host: '127.0.0.1', port: await freePort() };
           let env: NodeJS.ProcessEnv | undefined;
           if (kind === 'mailwarden' && cpuProf) {
-            mkdirSync(cpuProf, { recursive: true });
-            env = { ...process.env, NODE_OPTIONS: `${process.env['NODE_OPTIONS'] ?? ''} --cpu-prof --cpu-prof-dir=${cpuProf} --cpu-prof-name=mailwarden-${phase}${run}.cpuprofile`.trim() };
+            // One directory per run: the main thread and each auth worker thread write their own profile (Node's default names carry the thread id).
+            const dir = path.join(cpuProf, `mailwarden-${phase}${run}`);
+            mkdirSync(dir, { recursive: true });
+            env = { ...process.env, NODE_OPTIONS: `${process.env['NODE_OPTIONS'] ?? ''} --cpu-prof --cpu-prof-dir=${dir}`.trim() };
           }
-          const m = await startMilter(kind, { tmp, endpoint, dnsServer: ready.address, resolvConf: files.resolvConf, mwRoot, keyDir, ourKeyPemFile: ds.ourKeyPemFile, logLevel, ...(env ? { env } : {}) });
+          const m = await startMilter(kind, { tmp, endpoint, dnsServer: ready.address, resolvConf: files.resolvConf, mwRoot, keyDir, ourKeyPemFile: ds.ourKeyPemFile, logLevel, ...(env ? { env } : {}), ...(milterWorkers !== undefined ? { milterWorkers } : {}) });
           running.push(m);
           await waitForEndpoint(endpoint, 60_000, m, kind);
         }
@@ -332,6 +343,10 @@ async function main(): Promise<void> {
         if (bad) throw new Error(`probe: ${bad}; ${probe.dnsPerMessage.toFixed(2)} DNS queries per message reached the test DNS; headers ${JSON.stringify(probe.result.samples)}; finals ${JSON.stringify(probe.result.finals)}`);
         samples[key] = probe.result.samples;
         progress(`  probe ok: ${Object.entries(probe.result.samples).map(([k, v]) => `${k}: ${v.slice(0, 140)}`).join(' | ') || 'no headers (expected)'}`);
+        if (target === 'mailwarden') {
+          mwWorkers[phase] = authWorkerThreads(base.cpuTrees['mailwarden']!);
+          progress(`  mailwarden runs ${mwWorkers[phase]} auth worker thread(s) (milter.workers: ${milterWorkers ?? 'default'})`);
+        }
         for (const c of concurrency) {
           if (quietWait > 0) await waitForQuiet(quietWait);
           const { result: r, dnsPerMessage } = await runLoad({ ...base, messages: files[phase], concurrency: c, warmupMs: warmup * 1000, durationMs: seconds * 1000, maxMessages: 0 });
@@ -375,12 +390,16 @@ async function main(): Promise<void> {
       versions[pkg] = 'not installed';
     }
   }
-  if (values['json-out']) writeFileSync(values['json-out'], `${JSON.stringify({ meta: { node: process.version, cores, seed, messages, perSession, seconds, transport, bigMb, bigCount, versions, samples, failed }, rows }, null, 2)}\n`);
+  if (values['json-out']) writeFileSync(values['json-out'], `${JSON.stringify({ meta: { node: process.version, cores, seed, messages, perSession, seconds, transport, bigMb, bigCount, versions, samples, failed, milterWorkers: milterWorkers ?? 'default', mailwardenWorkerThreads: mwWorkers }, rows }, null, 2)}\n`);
 
   const out: string[] = [];
   out.push('', `mailwarden milter benchmark: ${messages} distinct messages per phase cycling, ${perSession} per milter connection; ${seconds} s per run after ${warmup} s warm-up; `
     + `Node ${process.version}; ${cores} cores shared by load generator, milters and test DNS; milters on ${transport === 'unix' ? 'UNIX sockets' : '127.0.0.1 TCP'}. `
     + `Peers: opendkim ${versions['opendkim']}, opendmarc ${versions['opendmarc']}.`);
+  if (Object.keys(mwWorkers).length) {
+    out.push(`mailwarden milter.workers: ${milterWorkers ?? 'default (auto: one per core)'}; auth worker threads running: `
+      + `${Object.entries(mwWorkers).map(([phase, n]) => `${phase} ${n}`).join(', ')} (0 = verification and signing in the main thread).`);
+  }
   for (const phase of phases) {
     out.push('', `${phase === 'verify' ? 'Verify only (inbound, DKIM-signed 5-20 KB)' : 'Sign only (outbound from our domain, 5-20 KB)'}:`);
     out.push(`${'target'.padEnd(20)} ${'C'.padStart(3)} ${'msg/s'.padStart(7)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'CPU µs/msg'.padStart(10)} ${'RSS MB'.padStart(7)} ${'DNS q/msg'.padStart(9)} ${'other'.padStart(5)}  work seen (of measured messages)`);
@@ -446,6 +465,36 @@ async function main(): Promise<void> {
   out.push(`authserv-id of mailwarden: ${AUTHSERV_ID}. Latency: MAIL to the final EOM reply of the last milter. CPU: utime+stime of the milter process tree(s) per message, from /proc. `
     + `other: share of the ${cores} CPUs used by other processes (test DNS included) and steal during the run; >= ${pct(QUIET)} = disturbed.`);
   process.stdout.write(`${out.join('\n')}\n`);
+}
+
+/** Threads named milter-auth-N (mailwarden's auth worker threads) in the process tree under `root`. */
+function authWorkerThreads(root: number): number {
+  const parent = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      parent.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  const inTree = (pid: number): boolean => {
+    for (let p: number | undefined = pid, hops = 0; p && hops < 64; p = parent.get(p), hops++) if (p === root) return true;
+    return false;
+  };
+  let n = 0;
+  for (const pid of parent.keys()) {
+    if (!inTree(pid)) continue;
+    try {
+      for (const task of readdirSync(`/proc/${pid}/task`)) {
+        if (readFileSync(`/proc/${pid}/task/${task}/comm`, 'utf8').startsWith('milter-auth-')) n++;
+      }
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return n;
 }
 
 main().then(

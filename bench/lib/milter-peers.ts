@@ -56,6 +56,8 @@ export interface MilterContext {
   readonly ourKeyPemFile: string;
   readonly logLevel: string;
   readonly env?: NodeJS.ProcessEnv;
+  /** mailwarden milter.workers (auto or a number); unset = the daemon's default. */
+  readonly milterWorkers?: string;
 }
 
 function inNamespace(resolvConf: string, command: string, args: readonly string[]): [string, string[]] {
@@ -97,6 +99,7 @@ export function mailwardenMilterConfig(ctx: MilterContext): string {
     `  listen: ${postfixNotation(ctx.endpoint)}`,
     `  authserv_id: ${AUTHSERV_ID}`,
     '  timeout: 60s',
+    ...(ctx.milterWorkers !== undefined ? [`  workers: ${ctx.milterWorkers}`] : []),
     '  signing:',
     '    daemon_names: [ORIGINATING]',
     '',

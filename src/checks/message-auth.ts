@@ -62,6 +62,18 @@ export interface MessageAuthOptions {
   readonly now?: () => number;
   /** Parsed key records across messages (default: one cache for the process, answers kept 60 s). */
   readonly keyRecords?: DkimKeyRecordCache;
+  /**
+   * The SPF outcome, decided elsewhere: the milter's worker pool computes it (or takes it from
+   * spfMemory) in the main thread with spfOutcome() and verifies the rest in a worker thread.
+   * Absent: spfOutcome() here.
+   */
+  readonly spf?: Promise<SpfOutcome>;
+}
+
+/** The SPF verdict of a transaction and where it came from (no verdict for locally submitted mail). */
+export interface SpfOutcome {
+  readonly verdict?: SpfVerdict;
+  readonly source: SpfVerdictSource;
 }
 
 /** Where the SPF verdict came from: the policy service, an earlier message in the milter, computed now, or none (local submission). */
@@ -147,7 +159,7 @@ export async function verifyMessage(message: Readable | Buffer, input: MessageAu
   const mailauthResolver = forMailauth(resolver) as never;
   const minBitLength = opts.minBitLength ?? 1024;
   // SPF first: remembered, or computed while the message streams in.
-  const spfPromise = spfFor(input, resolver, opts);
+  const spfPromise = opts.spf ?? spfOutcome(input, resolver, opts);
   spfPromise.catch(() => undefined);
   // dkimVerify computes the relaxed/sha256 body hash into this object (seal.bodyHash) while the body streams.
   const seal: { bodyHash?: string } | undefined = opts.prepareArcSeal ? {} : undefined;
@@ -339,7 +351,7 @@ interface DmarcResponse {
 }
 
 /** The SPF verdict for the transaction: remembered (policy service, earlier message), or computed and remembered. */
-async function spfFor(input: MessageAuthInput, resolver: DnsResolver, opts: MessageAuthOptions): Promise<{ verdict?: SpfVerdict; source: SpfVerdictSource }> {
+export async function spfOutcome(input: MessageAuthInput, resolver: DnsResolver, opts: Pick<MessageAuthOptions, 'spfMemory' | 'now'>): Promise<SpfOutcome> {
   // Locally submitted mail has no SMTP client: nothing to check (A-R spf=none would claim a lookup).
   if (!input.clientIp) return { source: 'none' };
   const memory = opts.spfMemory;

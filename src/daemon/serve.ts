@@ -25,6 +25,7 @@ import { openPolicyState } from '../state/open.ts';
 import type { PolicyStateStore } from '../state/types.ts';
 import { startMilterServer } from '../milter/server.ts';
 import { milterRuntime } from '../milter/runtime.ts';
+import { AuthWorkerPool } from '../milter/worker-pool.ts';
 import { SpfMemory } from '../checks/spf-memory.ts';
 
 const SHUTDOWN_GRACE_MS = 5000;
@@ -85,18 +86,46 @@ const SERVICES = {
   },
   milter: {
     section: (c: Config) => c.milter,
-    start: (d: Daemon, c: Config) => startMilterServer({
-      listen: c.milter!,
-      log: d.log.child({ service: 'milter' }),
-      // Read at each MAIL, so a reload applies to the next message; same DNS cache as the policy service, same lookups as the socketmap (milter.arc).
-      runtime: () => {
-        const current = d.state?.config.milter ? d.state.config : c;
-        return milterRuntime(current, d.dnsResolver(current), d.state?.spfMemory, d.state?.lookups);
-      },
-    }),
+    start: (d: Daemon, c: Config) => startMilter(d, c),
   },
 } as const satisfies Record<string, { section: (c: Config) => unknown; start: (d: Daemon, c: Config) => Promise<Listener> }>;
 type ServiceName = keyof typeof SERVICES;
+
+/**
+ * The milter listener and its auth worker threads (milter.workers): the
+ * pool lives as long as the listener, so a reload that changes the milter
+ * section (workers included) gets a new pool, and the old one stops once its
+ * connections are drained; shutdown stops both.
+ */
+async function startMilter(d: Daemon, c: Config): Promise<Listener> {
+  const log = d.log.child({ service: 'milter' });
+  const workers = c.milter!.workers;
+  const pool = workers > 0 ? new AuthWorkerPool({ size: workers, log }) : undefined;
+  let listener: Listener;
+  try {
+    listener = await startMilterServer({
+      listen: c.milter!,
+      log,
+      // Read at each MAIL, so a reload applies to the next message; same DNS cache as the policy service, same lookups as the socketmap (milter.arc).
+      runtime: () => {
+        const current = d.state?.config.milter ? d.state.config : c;
+        return milterRuntime(current, d.dnsResolver(current), d.state?.spfMemory, d.state?.lookups, pool);
+      },
+    });
+  } catch (err) {
+    await pool?.close();
+    throw err;
+  }
+  if (!pool) return listener;
+  return {
+    get address() { return listener.address; },
+    get connections() { return listener.connections; },
+    async close(graceMs?: number) {
+      await listener.close(graceMs);
+      await pool.close();
+    },
+  };
+}
 
 export class Daemon {
   readonly log: Logger;

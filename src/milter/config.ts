@@ -7,6 +7,7 @@
 //     timeout: 120s                    # longest end-of-message work (Postfix waits 300 s)
 //     max_message_size: 64M            # larger messages pass unverified/unsigned, logged
 //     on_error: accept                 # or tempfail: what an internal failure answers
+//     workers: auto                    # threads that verify/sign/seal: auto = one per core (0 on one core), 0 = main thread
 //     dmarc:
 //       reject: reject                 # p=reject failures: reject | quarantine | accept
 //       quarantine: hold               # what quarantine means: hold | header | accept
@@ -21,7 +22,7 @@
 //       seal: false                    # ARC-seal inbound mail that an alias forwards outside our domains
 //       domain: example.org            # d= of the seal: a domain with a key in the DKIM key store
 //       selector: s2026                # default: the domain's RSA signing key
-import { hostname } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { isMap, isScalar, isSeq, type Node, type YAMLMap } from 'yaml';
 import { normalizeDomain } from '../core/address.ts';
 import { parseSize, type NodeReader } from '../config/reader.ts';
@@ -75,6 +76,12 @@ export interface MilterConfig extends ServiceListen {
   readonly maxMessageSize: number;
   /** Answer on an internal failure or a missed deadline: accept (logged) or tempfail (451 4.7.1). */
   readonly onError: 'accept' | 'tempfail';
+  /**
+   * Worker threads that run mailauth (DKIM/ARC/DMARC verification, DKIM
+   * signing, ARC sealing); 0 = in the main thread. `auto` in the file: one per
+   * core when there is more than one.
+   */
+  readonly workers: number;
   readonly dmarc: MilterDmarcConfig;
   readonly signing: MilterSigningConfig;
   readonly arc: MilterArcConfig;
@@ -87,7 +94,10 @@ export const MILTER_DEFAULTS = {
   daemonNames: ['ORIGINATING'],
 } as const;
 
-const MILTER_KEYS = ['authserv_id', 'timeout', 'max_message_size', 'on_error', 'dmarc', 'signing', 'arc'];
+/** Most worker threads milter.workers takes (each holds a V8 heap and mailauth, ~20-30 MB). */
+export const MAX_MILTER_WORKERS = 64;
+
+const MILTER_KEYS = ['authserv_id', 'timeout', 'max_message_size', 'on_error', 'workers', 'dmarc', 'signing', 'arc'];
 const DMARC_KEYS = ['reject', 'quarantine', 'trusted_arc_sealers', 'exempt_domains', 'exempt_networks'];
 const SIGNING_KEYS = ['daemon_names', 'sign_authenticated', 'local_submissions'];
 const ARC_KEYS = ['seal', 'domain', 'selector'];
@@ -118,6 +128,7 @@ export function readMilterConfig(r: NodeReader, top: YAMLMap | undefined): Milte
   }
 
   const onError = r.choice(sec, 'on_error', 'milter.on_error', ['accept', 'tempfail'] as const, MILTER_DEFAULTS.onError);
+  const workers = readWorkers(r, sec);
 
   const d = r.section(sec, 'dmarc', 'milter.dmarc', DMARC_KEYS);
   const dmarc: MilterDmarcConfig = {
@@ -138,7 +149,19 @@ export function readMilterConfig(r: NodeReader, top: YAMLMap | undefined): Milte
 
   const arc = readArc(r, r.section(sec, 'arc', 'milter.arc', ARC_KEYS));
 
-  return { ...service, authservId, timeoutMs, maxMessageSize, onError, dmarc, signing, arc };
+  return { ...service, authservId, timeoutMs, maxMessageSize, onError, workers, dmarc, signing, arc };
+}
+
+/** milter.workers: auto (default), or 0..MAX_MILTER_WORKERS. */
+function readWorkers(r: NodeReader, sec: YAMLMap): number {
+  const node = r.node(sec, 'workers');
+  if (node === undefined || (isScalar(node) && node.value === 'auto')) return autoWorkers();
+  return r.integer(sec, 'workers', 'milter.workers (auto or a number)', 0, MAX_MILTER_WORKERS) ?? autoWorkers();
+}
+
+/** One worker per core; none on a single core, where a thread would only add the hand-over. */
+export function autoWorkers(cores = availableParallelism()): number {
+  return cores > 1 ? Math.min(cores, MAX_MILTER_WORKERS) : 0;
 }
 
 function readArc(r: NodeReader, a: YAMLMap | undefined): MilterArcConfig {

@@ -5,7 +5,8 @@
 // directories at most once a second, so `mailwarden dkim rotate/retire`
 // takes effect within a second without a reload). With milter.arc.seal, the
 // directory's lookup service (the socketmap's) expands recipients, and the
-// key store provides the sealing key.
+// key store provides the sealing key. With milter.workers, the worker pool
+// verifies, signs and seals (the session's verify/sign/seal/release seams).
 import type { Config } from '../config/load.ts';
 import { dkimConfigOf } from '../dkim/config.ts';
 import { DkimKeyStore } from '../dkim/keys.ts';
@@ -14,8 +15,9 @@ import type { SpfMemory } from '../checks/spf-memory.ts';
 import { forwardingOf } from '../checks/forwarding.ts';
 import type { LookupService } from '../lookup/service.ts';
 import type { MilterRuntime } from './session.ts';
+import type { AuthWorkerPool } from './worker-pool.ts';
 
-export function milterRuntime(config: Config, resolver: DnsResolver, spfMemory?: SpfMemory, lookups?: LookupService): MilterRuntime {
+export function milterRuntime(config: Config, resolver: DnsResolver, spfMemory?: SpfMemory, lookups?: LookupService, pool?: AuthWorkerPool): MilterRuntime {
   const milter = config.milter;
   if (!milter) throw new Error('milter: no milter section in the running configuration');
   const store = keyStore(dkimConfigOf(config).keyDir);
@@ -27,6 +29,7 @@ export function milterRuntime(config: Config, resolver: DnsResolver, spfMemory?:
     signingKeys: (domain) => store.signingKeys(domain),
     ...(arc.seal && lookups ? { forwarding: (recipient: string) => forwardingOf(lookups, recipient) } : {}),
     ...(arc.seal && arc.domain ? { arcSealingKey: () => store.sealingKey(arc.domain!, arc.selector) } : {}),
+    ...(pool ? pool.hooks() : {}),
   };
 }
 

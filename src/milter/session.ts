@@ -12,16 +12,16 @@
 //
 // Fail-safe: an internal error or a missed deadline answers the configured
 // on_error (accept, logged; or tempfail), never a reject.
-import { PassThrough } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { dkimSign } from 'mailauth';
 import { NetworkList, normalizeIp } from '../core/network.ts';
 import { sealArc, verifyMessage, type MessageAuthVerdict } from '../checks/message-auth.ts';
 import type { ForwardingVerdict } from '../checks/forwarding.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import type { SpfMemory } from '../checks/spf-memory.ts';
 import type { DkimKey } from '../dkim/keys.ts';
+import { signMessage, type SignOutcome } from './dkim-sign.ts';
 import { commandExpectsReply, negotiate, replyCode, type MilterCommand, type MilterReplyInput, type MilterWants } from './codec.ts';
 import { SMFIF, SMFIP } from './constants.ts';
 import type { MilterConfig } from './config.ts';
@@ -52,6 +52,15 @@ export interface MilterRuntime {
   arcSealingKey?(): SigningKey | undefined;
   /** The sealer; default sealArc (tests substitute). */
   readonly seal?: typeof sealArc;
+  /** The DKIM signer; default signMessage (mailauth's dkimSign). */
+  readonly sign?: typeof signMessage;
+  /**
+   * The session is done with the message `verify` or `sign` was reading
+   * (answered, failed, aborted, connection gone); called once or more per
+   * message. The worker pool frees what it keeps for the message (ARC sealing
+   * material, a verification still running).
+   */
+  readonly release?: (message: Readable) => void;
 }
 
 /** Header for Sieve (`if header :is "X-Mailwarden-DMARC" "quarantine" { fileinto "Junk"; }`). */
@@ -156,11 +165,6 @@ interface Work<T> {
   /** The message as mailauth reads it. */
   readonly stream: PassThrough;
   readonly result: Promise<T>;
-}
-
-interface SignOutcome {
-  readonly signatures: string;
-  readonly errors: readonly unknown[];
 }
 
 /** One RCPT's forwarding check, started at RCPT and read at end of message. */
@@ -344,12 +348,7 @@ export class MilterSession {
         return;
       }
       const stream = new PassThrough(STREAM_OPTIONS);
-      // The top-level signingDomain/selector/privateKey the typings demand would sign nothing
-      // (libraries.md §0.6): signatureData is what mailauth reads.
-      const options = {
-        signatureData: keys.map((k) => ({ signingDomain: k.domain, selector: k.selector, privateKey: k.privateKeyPem, algorithm: k.algorithm })),
-      } as unknown as Parameters<typeof dkimSign>[1];
-      const result = dkimSign(stream, options) as Promise<SignOutcome>;
+      const result = (runtime.sign ?? signMessage)(stream, keys);
       result.catch(() => undefined);
       m.sign = { stream, result, keys };
     } else {
@@ -605,6 +604,7 @@ export class MilterSession {
   }
 
   #finish(m: Message, report: Omit<MessageReport, 'ms' | 'eomMs'>, replies: MilterReplyInput[]): MilterReplyInput[] {
+    this.#release(m);
     const now = performance.now();
     const full: MessageReport = { ...report, ms: Math.round(now - m.started), eomMs: Math.round(now - (m.eomStarted ?? now)) };
     if (full.error !== undefined) this.#log.error(logFields(full), 'milter message failed; answering on_error');
@@ -627,7 +627,24 @@ export class MilterSession {
   #abandon(): void {
     const m = this.#message;
     this.#message = undefined;
-    if (m) this.#stopWork(m, new Error('message aborted'));
+    if (m) {
+      this.#stopWork(m, new Error('message aborted'));
+      this.#release(m);
+    }
+  }
+
+  /** Tells the verifier/signer we are done with the message (the worker pool frees its state). */
+  #release(m: Message): void {
+    const release = m.runtime.release;
+    if (!release) return;
+    for (const w of [m.verify, m.sign]) {
+      if (!w) continue;
+      try {
+        release(w.stream);
+      } catch (err) {
+        this.#log.error({ err }, 'milter release hook failed');
+      }
+    }
   }
 }
 

@@ -4,7 +4,8 @@
 // SMFIC_BODY packets Postfix would send (LF folds, leading space kept under
 // HDR_LEADSPC), fed to a MilterSession whose verifier is verifyMessage over
 // mailwarden's DNS layer, with the scenario's txt-records served by the test
-// DNS server. The chain result (arc=) is compared with the suite's cv.
+// DNS server; once in the main thread and once through the auth worker
+// threads (milter.workers), where the DNS answers come from the main thread. The chain result (arc=) is compared with the suite's cv.
 // Misses are listed in SKIPPED with the reason, and the list is asserted
 // exactly: a fix or a new miss both fail this test until the table follows.
 import { after, before, describe, it } from 'node:test';
@@ -17,6 +18,7 @@ import { POSTFIX_OPTNEG, MILTER_CHUNK_SIZE } from '../../src/milter/constants.ts
 import { MilterSession, type MessageReport, type MilterRuntime } from '../../src/milter/session.ts';
 import type { MilterConfig } from '../../src/milter/config.ts';
 import { createResolver } from '../../src/dns/resolver.ts';
+import { AuthWorkerPool } from '../../src/milter/worker-pool.ts';
 import { startDnsServer, type TestDnsServer, type Zones } from '../support/dns-server.ts';
 
 const SUITE = '/work/shared/conformance/arc/arc-draft-validation-tests.yml';
@@ -63,6 +65,7 @@ const CONFIG: MilterConfig = {
   timeoutMs: 30_000,
   maxMessageSize: 64 * 1024 * 1024,
   onError: 'accept',
+  workers: 0,
   dmarc: { reject: 'accept', quarantine: 'accept', trustedArcSealers: [], exemptDomains: [], exemptNetworks: [] },
   signing: { daemonNames: [], signAuthenticated: false, localSubmissions: false },
   arc: { seal: false },
@@ -111,18 +114,21 @@ export function postfixPackets(text: string): MilterCommandInput[] {
 
 const scenarios = parseAllDocuments(readFileSync(SUITE, 'utf8')).map((d) => d.toJS() as Scenario);
 
-describe('ARC validation suite through the milter session', () => {
+for (const workers of [0, 2]) describe(`ARC validation suite through the milter session (milter.workers: ${workers})`, () => {
   let dns: TestDnsServer;
+  let pool: AuthWorkerPool | undefined;
   before(async () => {
     dns = await startDnsServer({});
+    pool = workers > 0 ? new AuthWorkerPool({ size: workers, log: pino({ level: 'silent' }) }) : undefined;
   });
   after(async () => {
+    await pool?.close();
     await dns?.stop();
   });
 
   it('171 tests: arc= matches cv except the SKIPPED table', async () => {
     const resolver = createResolver({ servers: [dns.address], timeoutMs: 2000 });
-    const runtime: MilterRuntime = { config: CONFIG, resolver, signingKeys: () => [] };
+    const runtime: MilterRuntime = { config: { ...CONFIG, workers }, resolver, signingKeys: () => [], ...pool?.hooks() };
     const misses: Record<string, string> = {};
     let total = 0;
     let passed = 0;

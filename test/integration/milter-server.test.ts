@@ -2,7 +2,8 @@
 // side: a whole conversation delivered one byte at a time, pipelined body
 // chunks of a large signed message (streamed, verified), PROGRESS while DNS
 // is slow, and a malformed packet closing the connection. Verification is
-// the real one (verifyMessage) against the test DNS server.
+// the real one (verifyMessage) against the test DNS server, once in the main
+// thread (milter.workers: 0) and once in two auth worker threads.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
@@ -17,6 +18,7 @@ import type { MilterConfig } from '../../src/milter/config.ts';
 import { createResolver } from '../../src/dns/resolver.ts';
 import { dnsRecordStrings, publicKeyBase64 } from '../../src/dkim/keys.ts';
 import type { Listener } from '../../src/net/listener.ts';
+import { AuthWorkerPool } from '../../src/milter/worker-pool.ts';
 import { startDnsServer, type TestDnsServer } from '../support/dns-server.ts';
 
 const config: MilterConfig = {
@@ -26,6 +28,7 @@ const config: MilterConfig = {
   timeoutMs: 20_000,
   maxMessageSize: 64 * 1024 * 1024,
   onError: 'accept',
+  workers: 0,
   dmarc: { reject: 'reject', quarantine: 'hold', trustedArcSealers: [], exemptDomains: [], exemptNetworks: [] },
   signing: { daemonNames: ['ORIGINATING'], signAuthenticated: true, localSubmissions: true },
   arc: { seal: false },
@@ -109,8 +112,9 @@ async function connect(port: number): Promise<Client> {
   };
 }
 
-describe('milter server over sockets', () => {
+for (const workers of [0, 2]) describe(`milter server over sockets (milter.workers: ${workers})`, () => {
   let dns: TestDnsServer;
+  let pool: AuthWorkerPool | undefined;
   let server: Listener;
   let port: number;
   const reports: MessageReport[] = [];
@@ -122,7 +126,8 @@ describe('milter server over sockets', () => {
       'k._domainkey.slowkey.test': { ...record('slowkey.test'), delayMs: 400 },
     });
     const resolver = createResolver({ servers: [dns.address], timeoutMs: 3000 });
-    const runtime: MilterRuntime = { config, resolver, signingKeys: () => [] };
+    pool = workers > 0 ? new AuthWorkerPool({ size: workers, log: pino({ level: 'silent' }) }) : undefined;
+    const runtime: MilterRuntime = { config: { ...config, workers }, resolver, signingKeys: () => [], ...pool?.hooks() };
     server = await startMilterServer({
       listen: { listen: config.listen, unix: config.unix },
       log: pino({ level: 'silent' }),
@@ -135,6 +140,7 @@ describe('milter server over sockets', () => {
 
   after(async () => {
     await server?.close(1000);
+    await pool?.close();
     await dns?.stop();
   });
 

@@ -3,6 +3,8 @@
 // not evaluated again by the milter at end of message. Driven over the real
 // sockets of the daemon: the policy protocol as Postfix's smtpd speaks it,
 // then the milter protocol (our codec's MTA side) for the same transaction.
+// Twice: with the default milter.workers (auto: worker threads verify, SPF
+// stays in the main thread with the memory) and with workers: 0.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -84,7 +86,7 @@ const arOf = (replies: MilterReply[]): string => {
   return String(r.value).replace(/\s+/g, ' ').trim();
 };
 
-describe('SPF verdict shared by the policy service and the milter', () => {
+for (const workers of ['auto', 0] as const) describe(`SPF verdict shared by the policy service and the milter (milter.workers: ${workers})`, () => {
   let tmp: TempDir;
   let dns: TestDnsServer;
   let daemon: Daemon;
@@ -113,6 +115,7 @@ describe('SPF verdict shared by the policy service and the milter', () => {
       'dns:', `  servers: ["${dns.address}"]`, '  timeout: 1s',
       'policy:', `  listen: inet:127.0.0.1:${policyPort}`, `  myhostname: ${AUTHSERV}`,
       'milter:', `  listen: inet:127.0.0.1:${milterPort}`, `  authserv_id: ${AUTHSERV}`,
+      ...(workers === 'auto' ? [] : [`  workers: ${workers}`]),
     ].join('\n'));
     daemon = await startDaemon(config);
   });

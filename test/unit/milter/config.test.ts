@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { hostname } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { describe, it } from 'node:test';
 import { ConfigError } from '../../../src/config/reader.ts';
 import { parseConfig } from '../../../src/config/load.ts';
-import { MILTER_DEFAULTS } from '../../../src/milter/config.ts';
+import { autoWorkers, MILTER_DEFAULTS } from '../../../src/milter/config.ts';
 
 const BASE = 'directory:\n  backend: yaml\n  path: /tmp/x.yaml\n';
 const parse = (text: string) => parseConfig(BASE + text, '/etc/mailwarden/mailwarden.yaml');
@@ -84,6 +84,24 @@ describe('milter config', () => {
     assert.match(issues.join('\n'), /milter\.dmarc\.exempt_networks: not an IP address/);
     assert.match(issues.join('\n'), /unknown setting milter\.dmarc\.trusted_arc_sealer/);
     assert.match(errors('milter:\n  mode: "0660"\n').join('\n'), /milter\.listen is required/);
+  });
+
+  describe('workers', () => {
+    const LISTEN = 'milter:\n  listen: inet:127.0.0.1:8891\n';
+    it('auto (the default): one per core, none on a single core', () => {
+      const auto = availableParallelism() > 1 ? availableParallelism() : 0;
+      assert.equal(parse(LISTEN).milter!.workers, auto);
+      assert.equal(parse(`${LISTEN}  workers: auto\n`).milter!.workers, auto);
+      assert.deepEqual([1, 2, 4, 200].map((cores) => autoWorkers(cores)), [0, 2, 4, 64]);
+    });
+
+    it('takes 0 (main thread) or a number, and reports anything else', () => {
+      assert.equal(parse(`${LISTEN}  workers: 0\n`).milter!.workers, 0);
+      assert.equal(parse(`${LISTEN}  workers: 3\n`).milter!.workers, 3);
+      for (const bad of ['-1', '65', '1.5', 'many', 'true']) {
+        assert.match(errors(`${LISTEN}  workers: ${bad}\n`).join('\n'), /:6:12: milter\.workers \(auto or a number\) must be an integer from 0 to 64/, bad);
+      }
+    });
   });
 
   describe('arc', () => {

@@ -30,6 +30,7 @@ function config(over: Partial<MilterConfig> = {}, dmarc: Partial<MilterConfig['d
     timeoutMs: 5000,
     maxMessageSize: 1024 * 1024,
     onError: 'accept',
+    workers: 0,
     dmarc: { reject: 'reject', quarantine: 'hold', trustedArcSealers: [], exemptDomains: [], exemptNetworks: [], ...dmarc },
     signing: { daemonNames: ['ORIGINATING'], signAuthenticated: true, localSubmissions: true },
     arc: { seal: false },
@@ -517,6 +518,75 @@ describe('milter session: outbound', () => {
     assert.deepEqual(replies.map((r) => r.type), ['tempfail']);
     assert.equal(h.reports[0]!.action, 'tempfail');
     assert.match(String((h.reports[0]!.error as Error).message), /EACCES/);
+  });
+});
+
+describe('milter session: the sign and release seams (the worker pool plugs in here)', () => {
+  const KEY: SigningKey = { domain: 'ours.test', selector: 's1', algorithm: 'rsa-sha256', privateKeyPem: 'unused by the fake signer' };
+  /** A session whose verifier, signer and release are recorded. */
+  const recorded = () => {
+    const released: Readable[] = [];
+    const streams: Readable[] = [];
+    const signedWith: SigningKey[][] = [];
+    const runtime: MilterRuntime = {
+      config: config(),
+      resolver: async () => {
+        throw Object.assign(new Error('no DNS in unit tests'), { code: 'ENOTFOUND' });
+      },
+      signingKeys: (domain) => (domain === 'ours.test' ? [KEY] : []),
+      async verify(message) {
+        streams.push(message as Readable);
+        for await (const _ of message as Readable) void _;
+        return verdict();
+      },
+      async sign(message, keys) {
+        streams.push(message as Readable);
+        signedWith.push([...keys]);
+        const chunks: Buffer[] = [];
+        for await (const c of message as Readable) chunks.push(c as Buffer);
+        return { signatures: `DKIM-Signature: v=1; d=ours.test; s=s1; bh=${Buffer.concat(chunks).length}\r\n`, errors: [] };
+      },
+      release: (message) => void released.push(message),
+    };
+    const session = new MilterSession({ runtime: () => runtime, log: pino({ level: 'silent' }) });
+    const send = async (...cmds: MilterCommandInput[]) => {
+      const decoder = new MilterDecoder();
+      const out: MilterReply[] = [];
+      const replies = new MilterReplyDecoder();
+      for (const c of cmds) for (const cmd of decoder.push(encodeCommand(c))) for (const r of await session.handle(cmd)) out.push(...replies.push(encodeReply(r)));
+      return out;
+    };
+    return { session, send, released, streams, signedWith };
+  };
+  const inbound = [header('From', ' a@sender.test'), header('Subject', ' in'), { type: 'eoh' } as const, { type: 'body', chunk: 'Hi\r\n' } as const];
+
+  it('signs through runtime.sign with the From: domain\'s keys and inserts what it returns', async () => {
+    const r = recorded();
+    const replies = await r.send(OPTNEG, macro('C', { '{daemon_name}': 'ORIGINATING' }), { type: 'connect', hostname: 'pc.lan', family: '4', port: 50000, address: '10.0.0.5' }, ...mail('alice@ours.test'),
+      header('From', ' alice@ours.test'), { type: 'eoh' }, { type: 'body', chunk: 'Hello\r\n' }, { type: 'bodyEob' });
+    assert.deepEqual(r.signedWith, [[KEY]]);
+    const ins = replies.find((x) => x.type === 'insHeader');
+    assert.ok(ins?.type === 'insHeader');
+    assert.equal(ins.name, 'DKIM-Signature');
+    // The signer read the whole message: header, empty line, body.
+    assert.match(ins.value.toString(), /bh=\d+$/);
+    assert.equal(Number(/bh=(\d+)/.exec(ins.value.toString())?.[1]), ' alice@ours.test'.length + 'From:'.length + 2 + 2 + 'Hello\r\n'.length);
+    assert.deepEqual(r.released, r.streams);
+  });
+
+  it('calls release once the message is over: answered, aborted, next MAIL, connection gone', async () => {
+    const r = recorded();
+    await r.send(OPTNEG, ...CONNECT, ...mail(), ...inbound, { type: 'bodyEob' });
+    assert.equal(r.streams.length, 1);
+    assert.deepEqual(r.released, [r.streams[0]]);
+    await r.send(...mail(), ...inbound, { type: 'abort' });
+    assert.deepEqual(r.released.slice(1), [r.streams[1]]);
+    await r.send(...mail(), ...inbound, ...mail());
+    assert.deepEqual(r.released.slice(2), [r.streams[2]]);
+    await r.send(...inbound);
+    r.session.close();
+    assert.deepEqual(r.released.slice(3), [r.streams[3]]);
+    assert.equal(r.streams.length, 4);
   });
 });
 
