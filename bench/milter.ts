@@ -67,7 +67,7 @@ const USAGE = `usage: node bench/milter.ts [options]
                        OpenDMARC then wait ~40 ms per message for a delayed ACK, see bench/README.md)
   --log-level LEVEL    mailwarden log.level (default warn)
   --milter-workers N   mailwarden milter.workers: auto or a number (default: not set, i.e. the daemon's default auto =
-                       one auth worker thread per core; 0 = everything in the main thread; older revisions know no
+                       none below 4 cores, else half of them; 0 = everything in the main thread; older revisions know no
                        such setting). The report shows how many worker threads the daemon ran.
   --cpu-prof DIR       run mailwarden under node --cpu-prof; DIR/mailwarden-<phase>/ gets one profile per thread (main
                        thread and auth workers; the thread id is in the name) when it stops
@@ -397,7 +397,7 @@ async function main(): Promise<void> {
     + `Node ${process.version}; ${cores} cores shared by load generator, milters and test DNS; milters on ${transport === 'unix' ? 'UNIX sockets' : '127.0.0.1 TCP'}. `
     + `Peers: opendkim ${versions['opendkim']}, opendmarc ${versions['opendmarc']}.`);
   if (Object.keys(mwWorkers).length) {
-    out.push(`mailwarden milter.workers: ${milterWorkers ?? 'default (auto: one per core)'}; auth worker threads running: `
+    out.push(`mailwarden milter.workers: ${milterWorkers ?? 'default (auto: none below 4 cores, else half of them)'}; auth worker threads running: `
       + `${Object.entries(mwWorkers).map(([phase, n]) => `${phase} ${n}`).join(', ')} (0 = verification and signing in the main thread).`);
   }
   for (const phase of phases) {

@@ -16,6 +16,7 @@
 // chain), as authenticate()'s `seal` option does, without reading it again.
 import { createRequire } from 'node:module';
 import type { Readable } from 'node:stream';
+import './mailauth-setup.ts'; // before mailauth: see the file
 import { arc, createSeal, dkimVerify } from 'mailauth';
 import { evaluateDmarc } from 'mailauth/lib/dmarc/index.js';
 import { forMailauth, type DnsResolver } from '../dns/resolver.ts';

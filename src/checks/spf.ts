@@ -24,6 +24,7 @@
 // - DNS failures: ENOTFOUND/ENODATA are void answers, EBADNAME (a name
 //   DNS cannot carry: empty label, > 63/255 octets; names c-ares refuses but
 //   DNS allows go out through src/dns/raw-query.ts) is permerror, every other code is temperror.
+import './mailauth-setup.ts'; // before mailauth: see the file
 import { spf as mailauthSpf, type DNSResolver as MailauthResolver } from 'mailauth';
 import { forMailauth, type DnsResolver } from '../dns/resolver.ts';
 import { canonicalIp } from './fcrdns.ts';

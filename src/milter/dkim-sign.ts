@@ -2,6 +2,7 @@
 // the milter session (MilterRuntime.sign), and what the auth worker threads
 // run for it (src/milter/auth-worker.ts).
 import type { Readable } from 'node:stream';
+import '../checks/mailauth-setup.ts'; // before mailauth: see the file
 import { dkimSign } from 'mailauth';
 import type { SigningKey } from './session.ts';
 

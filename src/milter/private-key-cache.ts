@@ -7,9 +7,12 @@
 //
 // mailauth's DKIM signer takes getPrivateKey from tools.js when it is loaded
 // (a destructuring require), so the replacement must be in place before
-// anything loads mailauth's signer: the worker (auth-worker.ts) installs it
-// first and imports mailauth afterwards. The main thread (milter.workers: 0)
-// loads mailauth with its first import and keeps mailauth's behaviour.
+// anything loads mailauth's signer: every module of ours that imports
+// mailauth imports src/checks/mailauth-setup.ts first (ES modules evaluate
+// their imports in order), and the worker (auth-worker.ts) installs it before
+// its own imports. If mailauth's signer was loaded earlier anyway (a test that
+// imports mailauth itself), installing does nothing and mailauth keeps its
+// own behaviour: slower, never wrong.
 import { createRequire } from 'node:module';
 import type { KeyObject } from 'node:crypto';
 
@@ -28,7 +31,10 @@ let installed = false;
 export function installPrivateKeyCache(): void {
   if (installed) return;
   installed = true;
-  const tools = createRequire(import.meta.url)('mailauth/lib/tools.js') as MailauthTools;
+  const require = createRequire(import.meta.url);
+  // Too late: the signer already holds the original function.
+  if (require.cache[require.resolve('mailauth/lib/dkim/dkim-signer.js')]) return;
+  const tools = require('mailauth/lib/tools.js') as MailauthTools;
   const load = tools.getPrivateKey;
   tools.getPrivateKey = (key) => {
     const text = typeof key === 'string' ? key : key.toString('latin1');

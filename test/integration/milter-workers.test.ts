@@ -29,7 +29,7 @@ import { encodeCommand, MilterDecoder, MilterReplyDecoder, type MilterCommandInp
 import { MILTER_CHUNK_SIZE, POSTFIX_OPTNEG } from '../../src/milter/constants.ts';
 import { startMilterServer } from '../../src/milter/server.ts';
 import { MilterSession, type MessageReport, type MilterRuntime, type SigningKey } from '../../src/milter/session.ts';
-import type { MilterConfig } from '../../src/milter/config.ts';
+import { autoWorkers, type MilterConfig } from '../../src/milter/config.ts';
 import { AuthWorkerPool } from '../../src/milter/worker-pool.ts';
 import { verifyMessage, type MessageAuthInput, type MessageAuthVerdict } from '../../src/checks/message-auth.ts';
 import { createResolver, forMailauth, type DnsResolver } from '../../src/dns/resolver.ts';
@@ -476,11 +476,11 @@ describe('milter.workers in mailwarden serve', () => {
       // The default: one per core (none on a single core).
       write(undefined);
       daemon.child.kill('SIGHUP');
-      const cores = (await import('node:os')).availableParallelism();
-      await until(`auto: ${cores > 1 ? cores : 0} worker threads`, () => authThreads(pid) === (cores > 1 ? cores : 0));
+      const expected = autoWorkers((await import('node:os')).availableParallelism());
+      await until(`auto: ${expected} worker threads`, () => authThreads(pid) === expected);
       assert.match(await verified('auto@remote.test'), /dkim=pass/);
       const started = daemon.lines.filter((l) => l['msg'] === 'milter auth worker threads started').map((l) => l['workers']);
-      assert.deepEqual(started, cores > 1 ? [1, 3, cores] : [1, 3]);
+      assert.deepEqual(started, expected > 0 ? [1, 3, expected] : [1, 3]);
     } finally {
       const t0 = Date.now();
       assert.equal(await daemon.stop(), 0);

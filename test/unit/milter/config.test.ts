@@ -88,11 +88,11 @@ describe('milter config', () => {
 
   describe('workers', () => {
     const LISTEN = 'milter:\n  listen: inet:127.0.0.1:8891\n';
-    it('auto (the default): one per core, none on a single core', () => {
-      const auto = availableParallelism() > 1 ? availableParallelism() : 0;
+    it('auto (the default): none below 4 cores, half the cores from 4 on', () => {
+      const auto = autoWorkers(availableParallelism());
       assert.equal(parse(LISTEN).milter!.workers, auto);
       assert.equal(parse(`${LISTEN}  workers: auto\n`).milter!.workers, auto);
-      assert.deepEqual([1, 2, 4, 200].map((cores) => autoWorkers(cores)), [0, 2, 4, 64]);
+      assert.deepEqual([1, 2, 3, 4, 8, 200].map((cores) => autoWorkers(cores)), [0, 0, 0, 2, 4, 64]);
     });
 
     it('takes 0 (main thread) or a number, and reports anything else', () => {
