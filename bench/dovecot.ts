@@ -27,9 +27,7 @@ import {
   TARGETS, TARGET_INFO, checkpasswordConf, dictConf, luaConf, mailwardenConfig, sqlConf, sqlQueries, type TargetName,
 } from './lib/dovecot-targets.ts';
 import type { DovecotRunParams, DovecotRunResult, FromLoadgen, ToLoadgen } from './lib/dovecot-types.ts';
-import {
-  installSignalHandlers, interrupted, isAlive, onCleanup, removeAtExit, runCleanups, sleep, startDaemon, systemCpuMicros, waitForSocket, type Daemon,
-} from './lib/proc.ts';
+import { installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, startDaemon, type Daemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DOVECOT_DEFAULT_ARGON2: Argon2Params = { memoryCost: 65536, timeCost: 3, parallelism: 1 };
@@ -210,31 +208,13 @@ class Loadgen {
 
 // --- a quiet host, retries, medians (as in socketmap.ts) ---
 
-const QUIET = 0.1;
 
-async function waitForQuiet(quietWaitS: number): Promise<void> {
-  const deadline = Date.now() + quietWaitS * 1000;
-  let told = false;
-  for (;;) {
-    const a = systemCpuMicros();
-    await sleep(1000);
-    const b = systemCpuMicros();
-    const share = (b.busy - a.busy + b.steal - a.steal) / (1e6 * os.availableParallelism());
-    if (share < QUIET) return;
-    if (Date.now() > deadline) {
-      progress(`  host still busy (${pct(share)} of the CPUs used by others or stolen) after ${quietWaitS} s; measuring anyway`);
-      return;
-    }
-    if (!told) progress(`  host busy (${pct(share)} of the CPUs used by other processes or stolen): waiting up to ${quietWaitS} s for it to calm down`);
-    told = true;
-  }
-}
 
 async function medianOf(opts: Options, fn: () => Promise<DovecotRunResult>): Promise<{ best: DovecotRunResult; all: number[] }> {
   const runs: DovecotRunResult[] = [];
   for (let i = 0; i < opts.repeat; i++) {
     for (let attempt = 0; ; attempt++) {
-      if (opts.quietWait > 0) await waitForQuiet(opts.quietWait);
+      if (opts.quietWait > 0) await waitForQuiet(opts.quietWait, progress);
       const r = await fn();
       if (r.otherCpuShare + r.stealShare < QUIET || attempt >= opts.retries) {
         runs.push(r);

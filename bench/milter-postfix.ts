@@ -27,7 +27,7 @@ import {
   waitForDiscards, writeSourceFile, type ProbeFinding,
 } from './lib/milter-postfix-mta.ts';
 import { writeResolvConf } from './lib/policy-peers.ts';
-import { installSignalHandlers, interrupted, isAlive, onCleanup, removeAtExit, runCleanups, sleep, systemCpuMicros, waitForSocket } from './lib/proc.ts';
+import { installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, systemCpuMicros, waitForQuiet, waitForSocket } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -88,24 +88,6 @@ function progress(message: string): void {
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
 const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
 
-const QUIET = 0.1;
-async function waitForQuiet(quietWaitS: number): Promise<void> {
-  const deadline = Date.now() + quietWaitS * 1000;
-  let told = false;
-  for (;;) {
-    const a = systemCpuMicros();
-    await sleep(1000);
-    const b = systemCpuMicros();
-    const share = (b.busy - a.busy + b.steal - a.steal) / (1e6 * os.availableParallelism());
-    if (share < QUIET) return;
-    if (Date.now() > deadline) {
-      progress(`  host still busy (${pct(share)}) after ${quietWaitS} s; measuring anyway`);
-      return;
-    }
-    if (!told) progress(`  host busy (${pct(share)} of the CPUs used by other processes): waiting up to ${quietWaitS} s`);
-    told = true;
-  }
-}
 
 interface Row {
   readonly phase: Phase;
@@ -308,7 +290,7 @@ async function main(): Promise<void> {
             await send(w);
             await waitForDiscards(tail, w, 60_000);
           }
-          if (quietWait > 0) await waitForQuiet(quietWait);
+          if (quietWait > 0) await waitForQuiet(quietWait, progress);
           await dns.queries();
           const sys0 = systemCpuMicros();
           const cpu0 = treeCpu({ ...roots, postfix: masterPid });

@@ -21,7 +21,7 @@ import { OPENDKIM, OPENDMARC, postfixNotation, startMilter, type MilterEndpoint,
 import type { FromMilterLoadgen, MilterRunParams, MilterRunResult, ToMilterLoadgen } from './lib/milter-types.ts';
 import type { DnsStats, FromDns, ToDns } from './lib/policy-types.ts';
 import { writeResolvConf } from './lib/policy-peers.ts';
-import { installSignalHandlers, interrupted, onCleanup, removeAtExit, runCleanups, sleep, systemCpuMicros } from './lib/proc.ts';
+import { installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -144,24 +144,6 @@ async function waitForEndpoint(endpoint: MilterEndpoint, timeoutMs: number, m: R
   }
 }
 
-const QUIET = 0.1;
-async function waitForQuiet(quietWaitS: number): Promise<void> {
-  const deadline = Date.now() + quietWaitS * 1000;
-  let told = false;
-  for (;;) {
-    const a = systemCpuMicros();
-    await sleep(1000);
-    const b = systemCpuMicros();
-    const share = (b.busy - a.busy + b.steal - a.steal) / (1e6 * os.availableParallelism());
-    if (share < QUIET) return;
-    if (Date.now() > deadline) {
-      progress(`  host still busy (${pct(share)}) after ${quietWaitS} s; measuring anyway`);
-      return;
-    }
-    if (!told) progress(`  host busy (${pct(share)} of the CPUs used by other processes): waiting up to ${quietWaitS} s`);
-    told = true;
-  }
-}
 
 /** Size factor of the control run for the flat-memory verdict (mailwarden only): 3 x --big-mb. */
 const BIG_CONTROL = 3;
@@ -348,7 +330,7 @@ async function main(): Promise<void> {
           progress(`  mailwarden runs ${mwWorkers[phase]} auth worker thread(s) (milter.workers: ${milterWorkers ?? 'default'})`);
         }
         for (const c of concurrency) {
-          if (quietWait > 0) await waitForQuiet(quietWait);
+          if (quietWait > 0) await waitForQuiet(quietWait, progress);
           const { result: r, dnsPerMessage } = await runLoad({ ...base, messages: files[phase], concurrency: c, warmupMs: warmup * 1000, durationMs: seconds * 1000, maxMessages: 0 });
           const badRun = checkWork(phase, target, r);
           rows.push({ phase, target, concurrency: c, result: r, dnsPerMessage });

@@ -16,7 +16,7 @@ import { generatePolicyDataset, policyDirectoryYaml, type PolicyDataset } from '
 import { TARGETS, TARGET_INFO, startTarget, writeResolvConf, type RunningTarget, type TargetContext, type TargetName } from './lib/policy-peers.ts';
 import { formatDetails, formatDnsTable, formatShapes, formatTables, formatVerdicts, verdicts, type PolicyRow } from './lib/policy-report.ts';
 import type { DnsStats, FromDns, FromLoadgen, PolicyRunParams, PolicyRunResult, ToDns, ToLoadgen } from './lib/policy-types.ts';
-import { installSignalHandlers, interrupted, onCleanup, removeAtExit, runCleanups, sleep, systemCpuMicros } from './lib/proc.ts';
+import { installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -274,25 +274,7 @@ async function probe(name: TargetName, port: number, ds: PolicyDataset): Promise
 
 // --- quiet host, retries and medians (as bench/socketmap.ts) ---
 
-const QUIET = 0.1;
 
-async function waitForQuiet(quietWaitS: number): Promise<void> {
-  const deadline = Date.now() + quietWaitS * 1000;
-  let told = false;
-  for (;;) {
-    const a = systemCpuMicros();
-    await sleep(1000);
-    const b = systemCpuMicros();
-    const share = (b.busy - a.busy + b.steal - a.steal) / (1e6 * os.availableParallelism());
-    if (share < QUIET) return;
-    if (Date.now() > deadline) {
-      progress(`  host still busy (${pct(share)} of the CPUs used by others or stolen) after ${quietWaitS} s; measuring anyway`);
-      return;
-    }
-    if (!told) progress(`  host busy (${pct(share)} of the CPUs used by other processes or stolen): waiting up to ${quietWaitS} s`);
-    told = true;
-  }
-}
 
 interface Measured {
   readonly result: PolicyRunResult;
@@ -439,7 +421,7 @@ async function main(): Promise<void> {
         const runs: Measured[] = [];
         for (let i = 0; i < opts.repeat; i++) {
           for (let attempt = 0; ; attempt++) {
-            if (opts.quietWait > 0) await waitForQuiet(opts.quietWait);
+            if (opts.quietWait > 0) await waitForQuiet(opts.quietWait, progress);
             const r = await measure({
               host: target.host, port, requests: files.stream, concurrency: c,
               warmupMs: opts.warmup * 1000, warmupPass: true, maxWarmupMs: Math.max(opts.warmup, opts.maxWarmup) * 1000,

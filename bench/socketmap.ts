@@ -16,9 +16,7 @@ import mysql from 'mysql2/promise';
 import { generateDataset, directoryYaml, vmailboxSource, type Dataset } from './lib/data.ts';
 import { loadDataset, bumpSerial } from './lib/mysql.ts';
 import { runPostmapFor, type PostmapOptions } from './lib/postmap.ts';
-import {
-  installSignalHandlers, interrupted, isAlive, systemCpuMicros, onCleanup, removeAtExit, runCleanups, sleep, startDaemon, waitForSocket, type Daemon,
-} from './lib/proc.ts';
+import { installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, startDaemon, type Daemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
 import { formatTable, formatVerdicts, verdicts, type Row } from './lib/report.ts';
 import type { FromLoadgen, RunParams, RunResult, ToLoadgen } from './lib/types.ts';
 
@@ -257,28 +255,8 @@ async function probe(socket: string, ds: Dataset, what: string): Promise<void> {
 
 // --- main ---
 
-const QUIET = 0.1;
 let quietWaitS = 300;
 let retries = 2;
-
-/** Waits (up to quietWaitS) until other processes and hypervisor steal take less than QUIET of the CPUs, over one second. */
-async function waitForQuiet(): Promise<void> {
-  const deadline = Date.now() + quietWaitS * 1000;
-  let told = false;
-  for (;;) {
-    const a = systemCpuMicros();
-    await sleep(1000);
-    const b = systemCpuMicros();
-    const share = (b.busy - a.busy + b.steal - a.steal) / (1e6 * os.availableParallelism());
-    if (share < QUIET) return;
-    if (Date.now() > deadline) {
-      progress(`  host still busy (${(share * 100).toFixed(0)}% of the CPUs used by others or stolen) after ${quietWaitS} s; measuring anyway`);
-      return;
-    }
-    if (!told) progress(`  host busy (${(share * 100).toFixed(0)}% of the CPUs used by other processes or stolen): waiting up to ${quietWaitS} s for it to calm down`);
-    told = true;
-  }
-}
 
 /**
  * Runs `fn` `repeat` times and keeps the run with the median throughput. Each
@@ -291,7 +269,7 @@ async function medianOf<T extends { lookupsPerSecond: number; otherCpuShare: num
   const runs: T[] = [];
   for (let i = 0; i < repeat; i++) {
     for (let attempt = 0; ; attempt++) {
-      if (quietWaitS > 0) await waitForQuiet();
+      if (quietWaitS > 0) await waitForQuiet(quietWaitS, progress);
       const r = await fn(i);
       if (r.otherCpuShare + r.stealShare < QUIET || attempt >= retries) {
         runs.push(r);

@@ -1,5 +1,6 @@
 // Process plumbing for the benchmark: CPU accounting from /proc, daemons that
 // cannot outlive the benchmark, and one cleanup list run on every exit path.
+import os from 'node:os';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -33,6 +34,32 @@ export function systemCpuMicros(): { busy: number; steal: number } {
   const f = line.trim().split(/\s+/).slice(1).map(Number);
   const busy = f[0]! + f[1]! + f[2]! + f[5]! + f[6]!;
   return { busy: busy * TICK_US, steal: f[7]! * TICK_US };
+}
+
+/** A run is "disturbed" when other processes and hypervisor steal take at least this share of the CPUs. */
+export const QUIET = 0.1;
+
+/**
+ * Waits (up to quietWaitS) until other processes and hypervisor steal take
+ * less than QUIET of the CPUs over one second; measures anyway after that.
+ */
+export async function waitForQuiet(quietWaitS: number, progress: (message: string) => void): Promise<void> {
+  const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
+  const deadline = Date.now() + quietWaitS * 1000;
+  let told = false;
+  for (;;) {
+    const a = systemCpuMicros();
+    await sleep(1000);
+    const b = systemCpuMicros();
+    const share = (b.busy - a.busy + b.steal - a.steal) / (1e6 * os.availableParallelism());
+    if (share < QUIET) return;
+    if (Date.now() > deadline) {
+      progress(`  host still busy (${pct(share)} of the CPUs used by others or stolen) after ${quietWaitS} s; measuring anyway`);
+      return;
+    }
+    if (!told) progress(`  host busy (${pct(share)} of the CPUs used by other processes or stolen): waiting up to ${quietWaitS} s for it to calm down`);
+    told = true;
+  }
 }
 
 export function isAlive(pid: number): boolean {
