@@ -1,8 +1,8 @@
 // Imported before 'mailauth' by every module of ours that uses it: mailauth's
 // DKIM signer takes tools.getPrivateKey when it is loaded, so the cache of
-// imported signing keys (src/milter/private-key-cache.ts) must be in place
+// imported signing keys (private-key-cache.ts) must be in place
 // first. Without it every signature re-imports the PEM, which costs about as
 // much as the RSA signature itself.
-import { installPrivateKeyCache } from '../milter/private-key-cache.ts';
+import { installPrivateKeyCache } from './private-key-cache.ts';
 
 installPrivateKeyCache();

@@ -63,7 +63,7 @@ export interface AuthWorkerState {
   readonly keyRecords: number;
   /** DNS answers kept briefly (a DMARC check asks up to 3 names per message; the main thread's cache has them too). */
   readonly dnsAnswers: number;
-  /** Imported signing keys kept, and signatures that reused one (private-key-cache.ts). */
+  /** Imported signing keys kept, and signatures that reused one (src/checks/private-key-cache.ts). */
   readonly privateKeys: { readonly keys: number; readonly hits: number };
 }
 

@@ -12,20 +12,16 @@
 // one cache per worker) and the main thread's DNS answers for a few seconds:
 // a DMARC check asks up to three names (the record, then up the tree), and a
 // round trip to the main thread costs more than the check. And imported
-// signing keys (private-key-cache.ts), installed before mailauth is loaded.
+// signing keys (src/checks/private-key-cache.ts, as in the main thread).
 import { PassThrough } from 'node:stream';
 import { parentPort } from 'node:worker_threads';
 import { DnsError, isVoidLookup, type DnsResolver } from '../dns/resolver.ts';
 import { DkimKeyRecordCache } from '../checks/dkim-key-records.ts';
 import { TtlCache } from '../core/ttl-cache.ts';
-import type { MessageAuthVerdict, SpfOutcome } from '../checks/message-auth.ts';
+import { sealArc, verifyMessage, type MessageAuthVerdict, type SpfOutcome } from '../checks/message-auth.ts';
 import { fromWireError, wireError, type FromAuthWorker, type ToAuthWorker, type WireSealOutcome } from './auth-messages.ts';
-import { installPrivateKeyCache, privateKeyCacheStats } from './private-key-cache.ts';
-
-// Before mailauth's signer is loaded (it binds getPrivateKey at load time): hence the dynamic imports.
-installPrivateKeyCache();
-const { sealArc, verifyMessage } = await import('../checks/message-auth.ts');
-const { signMessage } = await import('./dkim-sign.ts');
+import { privateKeyCacheStats } from '../checks/private-key-cache.ts';
+import { signMessage } from './dkim-sign.ts';
 
 const port = parentPort;
 if (!port) throw new Error('auth-worker.ts runs as a worker thread of the milter (worker-pool.ts)');

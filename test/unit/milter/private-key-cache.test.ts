@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { signMessage } from '../../../src/milter/dkim-sign.ts';
-import { privateKeyCacheStats } from '../../../src/milter/private-key-cache.ts';
+import { privateKeyCacheStats } from '../../../src/checks/private-key-cache.ts';
 
 test('signing in the main thread imports each private key once', async () => {
   const pem = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();

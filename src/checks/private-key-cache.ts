@@ -1,4 +1,5 @@
-// Imported signing keys, kept for the auth worker threads. mailauth turns the
+// Imported signing keys, kept for the milter's signer (main thread or auth
+// worker threads alike). mailauth turns the
 // PEM of every key into a KeyObject again for every signature
 // (tools.getPrivateKey -> crypto.createPrivateKey); OpenSSL 3's PEM decoder
 // makes that about as expensive as the RSA-2048 signature itself (measured
@@ -8,9 +9,8 @@
 // mailauth's DKIM signer takes getPrivateKey from tools.js when it is loaded
 // (a destructuring require), so the replacement must be in place before
 // anything loads mailauth's signer: every module of ours that imports
-// mailauth imports src/checks/mailauth-setup.ts first (ES modules evaluate
-// their imports in order), and the worker (auth-worker.ts) installs it before
-// its own imports. If mailauth's signer was loaded earlier anyway (a test that
+// mailauth imports mailauth-setup.ts first (ES modules evaluate their
+// imports in order), the milter's auth worker threads included. If mailauth's signer was loaded earlier anyway (a test that
 // imports mailauth itself), installing does nothing and mailauth keeps its
 // own behaviour: slower, never wrong.
 import { createRequire } from 'node:module';
