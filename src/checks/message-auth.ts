@@ -360,7 +360,7 @@ export async function spfOutcome(input: MessageAuthInput, resolver: DnsResolver,
   const known = memory?.recall(input.clientIp, input.helo, input.sender, now());
   if (known) return known;
   const verdict = await evaluateSpf({ clientIp: input.clientIp, helo: input.helo, sender: input.sender, receiver: input.authservId }, resolver);
-  memory?.set(spfMemoryKey(input.clientIp, input.helo, input.sender), verdict, now(), 'milter');
+  memory?.store(spfMemoryKey(input.clientIp, input.helo, input.sender), verdict, now(), 'milter');
   return { verdict, source: 'computed' };
 }
 

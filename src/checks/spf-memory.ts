@@ -17,7 +17,7 @@ export type SpfSource = 'policy' | 'milter';
 
 /**
  * Verdicts are reused for up to a minute, long enough for a client's burst of
- * messages; the policy engine stores with setWithin(), so a verdict built from
+ * messages; the policy engine stores them with a maxLifeMs, so a verdict built from
  * shorter-lived DNS answers (an A record with a 30 s TTL) lives only as long.
  */
 export const SPF_MEMORY_TTL_MS = 60_000;
@@ -38,11 +38,16 @@ export class SpfMemory extends VerdictCache<SpfVerdict> {
     super(ttlMs, maxEntries);
   }
 
-  /** Stores a verdict; the policy engine (through()) stores as 'policy'. Temperrors are not for reuse and are ignored. */
-  override set(key: string, value: SpfVerdict, now: number, source: SpfSource = 'policy'): void {
+  /** The policy engine's store (through() and its DNS-bounded set): the verdict counts as the policy service's. */
+  override set(key: string, value: SpfVerdict, now: number, maxLifeMs = Infinity): void {
+    this.store(key, value, now, 'policy', maxLifeMs);
+  }
+
+  /** Stores a verdict computed by `source`. Temperrors are not for reuse and are ignored. */
+  store(key: string, value: SpfVerdict, now: number, source: SpfSource, maxLifeMs = Infinity): void {
     if (value.result === 'temperror') return;
     if (!this.#source.has(value)) this.#source.set(value, source);
-    super.set(key, value, now);
+    super.set(key, value, now, maxLifeMs);
   }
 
   /** The verdict for (ip, helo, sender) and who computed it, when one from the last minute is known. */

@@ -1,6 +1,7 @@
 // The one bounded, time-limited memory behind every cache in mailwarden
 // (lookup answers, Dovecot answers, policy verdicts, DKIM key records):
-// entries expire after `ttlMs`, the oldest go first when `maxEntries` is
+// entries expire after `ttlMs` (or sooner, when what they were made from
+// expires sooner: set()'s maxLifeMs), the oldest go first when `maxEntries` is
 // reached (a Map keeps insertion order: FIFO, no bookkeeping on hits), and a
 // flush bumps a generation so a value read before a change is not stored
 // after it.
@@ -52,14 +53,15 @@ export class TtlCache<V> {
     return this.entry(key, now)?.value;
   }
 
-  set(key: string, value: V, now: number): void {
-    this.setIfCurrent(key, value, now, this.#generation);
+  /** Stores `value` for the TTL, or for `maxLifeMs` when that is shorter (nothing is stored at 0 or less). */
+  set(key: string, value: V, now: number, maxLifeMs = Infinity): void {
+    this.setIfCurrent(key, value, now, this.#generation, maxLifeMs);
   }
 
   /** Stores `value` unless the cache is off or was flushed since `generation` was read; returns the entry either way. */
-  setIfCurrent(key: string, value: V, now: number, generation: number): TtlEntry<V> {
-    const e: TtlEntry<V> = { value, expires: now + this.#ttlMs };
-    if (generation !== this.#generation || !this.enabled) return e;
+  setIfCurrent(key: string, value: V, now: number, generation: number, maxLifeMs = Infinity): TtlEntry<V> {
+    const e: TtlEntry<V> = { value, expires: now + Math.min(this.#ttlMs, maxLifeMs) };
+    if (generation !== this.#generation || !this.enabled || !(maxLifeMs > 0)) return e;
     this.#entries.delete(key);
     this.#entries.set(key, e);
     if (this.#entries.size > this.#maxEntries) {

@@ -456,7 +456,7 @@ export class PolicyEngine {
       // Remembered no longer than the DNS answers it was made from live (their TTLs, as the DNS cache clamps them).
       const dns: DnsLifetime = { remainingMs: Infinity };
       const value = await compute(observeLifetime(this.#resolver, dns));
-      if (keep(value)) cache.setWithin(key, value, x.now, dns.remainingMs);
+      if (keep(value)) cache.set(key, value, x.now, dns.remainingMs);
       else this.#held.set(`${name} ${key}`, value, x.now);
       return value;
     });

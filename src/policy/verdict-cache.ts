@@ -2,26 +2,12 @@
 // FCrDNS, SPF), so a busy client's second message costs no SPF evaluation
 // and no DNSBL round of cache lookups. Entries live `ttlMs` (60 s in the
 // policy engine), or less when the DNS answers they were made from expire
-// sooner (setWithin: a DNSBL listing with a 10 s TTL is a 10 s verdict);
+// sooner (set()'s maxLifeMs: a DNSBL listing with a 10 s TTL is a 10 s verdict);
 // temporary failures are never stored, so a DNS hiccup is retried on the
 // next message.
 import { TtlCache } from '../core/ttl-cache.ts';
 
 export class VerdictCache<T> extends TtlCache<T> {
-  readonly ttlMs: number;
-
-  constructor(ttlMs: number, maxEntries: number) {
-    super(ttlMs, maxEntries);
-    this.ttlMs = Math.max(0, ttlMs);
-  }
-
-  /** set(), but the entry lives at most `maxLifeMs` (the remaining life of the DNS answers behind it); nothing is stored at 0 or less. */
-  setWithin(key: string, value: T, now: number, maxLifeMs: number): void {
-    if (!(maxLifeMs > 0)) return;
-    // TtlCache dates an entry from `now`: dating it earlier shortens its life to maxLifeMs.
-    this.set(key, value, maxLifeMs < this.ttlMs ? now - (this.ttlMs - maxLifeMs) : now);
-  }
-
   /** Computes through the cache; results `keep` refuses (temporary failures) are returned but not stored. */
   async through(key: string, now: number, compute: () => Promise<T>, keep: (value: T) => boolean): Promise<T> {
     const hit = this.get(key, now);

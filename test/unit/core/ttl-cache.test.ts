@@ -39,3 +39,15 @@ test('a TTL or size of 0 keeps nothing', () => {
     assert.equal(c.get('k', 0), undefined);
   }
 });
+
+test('maxLifeMs shortens an entry below the TTL, never lengthens it; 0 or less keeps nothing', () => {
+  const c = new TtlCache<string>(60_000, 10);
+  c.set('short', 'S', 1000, 10_000);
+  c.set('long', 'L', 1000, 120_000);
+  assert.deepEqual(c.entry('short', 1000), { value: 'S', expires: 11_000 });
+  assert.equal(c.get('short', 11_000), undefined, 'gone after its 10 s');
+  assert.deepEqual(c.entry('long', 1000), { value: 'L', expires: 61_000 }, 'the TTL still bounds it');
+  c.set('none', 'N', 1000, 0);
+  c.set('nan', 'N', 1000, Number.NaN);
+  assert.deepEqual([c.get('none', 1000), c.get('nan', 1000)], [undefined, undefined]);
+});
