@@ -25,7 +25,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import type { DnsResolver } from '../dns/resolver.ts';
+import { toDnsError, type DnsResolver } from '../dns/resolver.ts';
 import {
   sealArc, spfOutcome, type ArcSealingKey, type ArcSealOutcome, type MessageAuthInput, type MessageAuthOptions, type MessageAuthVerdict,
 } from '../checks/message-auth.ts';
@@ -493,16 +493,10 @@ export class AuthWorkerPool {
         }
         pending.then(
           (value) => answer({ t: 'dns-answer', id: msg.id, value }),
-          (err: unknown) => answer({ t: 'dns-answer', id: msg.id, error: { ...wireError(err), code: dnsCode(err) } }),
+          (err: unknown) => answer({ t: 'dns-answer', id: msg.id, error: { ...wireError(err), code: toDnsError(err, msg.name, msg.rrtype).code } }),
         );
         return;
       }
     }
   }
-}
-
-/** The resolver's error code; anything without one is a temporary failure, as toDnsError() has it. */
-function dnsCode(err: unknown): string {
-  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
-  return typeof code === 'string' ? code : 'EUNKNOWN';
 }
