@@ -7,7 +7,7 @@
 //   node bench/dovecot.ts [--seconds 5] [--only lua,lua-libhttp,dict,sql,trivial-dict,checkpassword]
 //       [--concurrency 1,10,50] [--login-concurrency 1,10] [--repeat N] [--mailboxes 100000] ...
 import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -27,7 +27,7 @@ import {
   TARGETS, TARGET_INFO, checkpasswordConf, dictConf, luaConf, mailwardenConfig, sqlConf, sqlQueries, type TargetName,
 } from './lib/dovecot-targets.ts';
 import type { DovecotRunParams, DovecotRunResult, FromLoadgen, ToLoadgen } from './lib/dovecot-types.ts';
-import { installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, startDaemon, type Daemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
+import { copyMailwarden, type Daemon, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, startDaemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DOVECOT_DEFAULT_ARGON2: Argon2Params = { memoryCost: 65536, timeCost: 3, parallelism: 1 };
@@ -307,18 +307,9 @@ async function main(): Promise<void> {
 
   // A frozen copy of the mailwarden under test: other people may be editing src/ while we run.
   const mwRoot = path.join(tmp, 'mailwarden');
-  mkdirSync(mwRoot);
-  if (opts.rev) {
-    const commit = execFileSync('git', ['-C', opts.mailwarden, 'rev-parse', '--verify', `${opts.rev}^{commit}`]).toString().trim();
-    const tar = execFileSync('git', ['-C', opts.mailwarden, 'archive', commit, 'src', 'bin', 'package.json', 'dovecot-conf'], { maxBuffer: 1 << 30 });
-    execFileSync('tar', ['-x', '-C', mwRoot], { input: tar });
-    meta['mailwardenRevision'] = commit;
-    progress(`benchmarking ${opts.mailwarden} at ${commit.slice(0, 12)} (${opts.rev})`);
-  } else {
-    for (const part of ['src', 'bin', 'package.json', 'dovecot-conf']) cpSync(path.join(opts.mailwarden, part), path.join(mwRoot, part), { recursive: true });
-    progress(`benchmarking the working tree of ${opts.mailwarden} (copied now)`);
-  }
-  symlinkSync(path.join(opts.mailwarden, 'node_modules'), path.join(mwRoot, 'node_modules'));
+  const copied = copyMailwarden(opts.mailwarden, opts.rev, mwRoot, ['src', 'bin', 'package.json', 'dovecot-conf']);
+  if (copied.commit) meta['mailwardenRevision'] = copied.commit;
+  progress(copied.description);
 
   // --- data ---
   const params = DEFAULT_ARGON2;

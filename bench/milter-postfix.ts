@@ -23,11 +23,11 @@ import { AUTHSERV_ID, OUR_DOMAIN, generateMilterDataset } from './lib/milter-dat
 import { OPENDKIM, OPENDKIM_AUTHSERV, OPENDMARC, OPENDMARC_AUTHSERV, type MilterKind, type RunningMilter } from './lib/milter-peers.ts';
 import { startMilterForPostfix } from './lib/milter-postfix-peers.ts';
 import {
-  DISCARD_REASON, DnsChild, MaillogTail, PROBE_DOMAIN, SMTP_SINK, SMTP_SOURCE, copyMailwarden, inspectProbe, runSmtpSource, startSink, treeCpu,
+  DISCARD_REASON, DnsChild, MaillogTail, PROBE_DOMAIN, SMTP_SINK, SMTP_SOURCE, inspectProbe, runSmtpSource, startSink, treeCpu,
   waitForDiscards, writeSourceFile, type ProbeFinding,
 } from './lib/milter-postfix-mta.ts';
 import { writeResolvConf } from './lib/policy-peers.ts';
-import { installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, systemCpuMicros, waitForQuiet, waitForSocket } from './lib/proc.ts';
+import { copyMailwarden, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, systemCpuMicros, waitForQuiet, waitForSocket } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -188,7 +188,7 @@ async function main(): Promise<void> {
 
   // A frozen copy of the mailwarden under test: the tree may be edited while we run.
   const mwRoot = path.join(tmp, 'mailwarden');
-  progress(copyMailwarden(path.resolve(values.mailwarden ?? ROOT), values.rev, mwRoot));
+  progress(copyMailwarden(path.resolve(values.mailwarden ?? ROOT), values.rev, mwRoot).description);
 
   const keyDir = path.join(tmp, 'dkim');
   const ds = await generateMilterDataset({ seed, messages: 12, tmp, keyDir, bigSizes: [] });

@@ -9,7 +9,7 @@
 //
 //   node bench/milter.ts [--seconds 4] [--concurrency 1,10,50] [--only mailwarden,opendkim] ...
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,7 +21,7 @@ import { OPENDKIM, OPENDMARC, postfixNotation, startMilter, type MilterEndpoint,
 import type { FromMilterLoadgen, MilterRunParams, MilterRunResult, ToMilterLoadgen } from './lib/milter-types.ts';
 import type { DnsStats, FromDns, ToDns } from './lib/policy-types.ts';
 import { writeResolvConf } from './lib/policy-peers.ts';
-import { installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
+import { copyMailwarden, installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -241,17 +241,7 @@ async function main(): Promise<void> {
   // A frozen copy of the mailwarden under test: the tree may be edited while we run.
   const mwSource = path.resolve(values.mailwarden ?? ROOT);
   const mwRoot = path.join(tmp, 'mailwarden');
-  mkdirSync(mwRoot);
-  if (values.rev) {
-    const commit = execFileSync('git', ['-C', mwSource, 'rev-parse', '--verify', `${values.rev}^{commit}`]).toString().trim();
-    const tar = execFileSync('git', ['-C', mwSource, 'archive', commit, 'src', 'bin', 'package.json'], { maxBuffer: 1 << 30 });
-    execFileSync('tar', ['-x', '-C', mwRoot], { input: tar });
-    progress(`benchmarking ${mwSource} at ${commit.slice(0, 12)} (${values.rev})`);
-  } else {
-    for (const part of ['src', 'bin', 'package.json']) cpSync(path.join(mwSource, part), path.join(mwRoot, part), { recursive: true });
-    progress(`benchmarking the working tree of ${mwSource} (copied now)`);
-  }
-  symlinkSync(path.join(mwSource, 'node_modules'), path.join(mwRoot, 'node_modules'));
+  progress(copyMailwarden(mwSource, values.rev, mwRoot).description);
 
   const keyDir = path.join(tmp, 'dkim');
   const bigSizesMb = bigMb > 0 ? [bigMb, BIG_CONTROL * bigMb] : [];

@@ -5,7 +5,7 @@
 //
 //   node bench/policy.ts [--seconds 5] [--concurrency 1,10,50] [--only mailwarden,postfwd] [--repeat 3] ...
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +16,7 @@ import { generatePolicyDataset, policyDirectoryYaml, type PolicyDataset } from '
 import { TARGETS, TARGET_INFO, startTarget, writeResolvConf, type RunningTarget, type TargetContext, type TargetName } from './lib/policy-peers.ts';
 import { formatDetails, formatDnsTable, formatShapes, formatTables, formatVerdicts, verdicts, type PolicyRow } from './lib/policy-report.ts';
 import type { DnsStats, FromDns, FromLoadgen, PolicyRunParams, PolicyRunResult, ToDns, ToLoadgen } from './lib/policy-types.ts';
-import { installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
+import { copyMailwarden, installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -325,17 +325,9 @@ async function main(): Promise<void> {
   const mwRoot = path.join(tmp, 'mailwarden');
   let mwRevision: string | undefined;
   if (targets.includes('mailwarden')) {
-    mkdirSync(mwRoot);
-    if (opts.rev) {
-      mwRevision = execFileSync('git', ['-C', opts.mailwarden, 'rev-parse', '--verify', `${opts.rev}^{commit}`]).toString().trim();
-      const tar = execFileSync('git', ['-C', opts.mailwarden, 'archive', mwRevision, 'src', 'bin', 'package.json'], { maxBuffer: 1 << 30 });
-      execFileSync('tar', ['-x', '-C', mwRoot], { input: tar });
-      progress(`benchmarking ${opts.mailwarden} at ${mwRevision.slice(0, 12)} (${opts.rev})`);
-    } else {
-      for (const part of ['src', 'bin', 'package.json']) cpSync(path.join(opts.mailwarden, part), path.join(mwRoot, part), { recursive: true });
-      progress(`benchmarking the working tree of ${opts.mailwarden} (copied now)`);
-    }
-    symlinkSync(path.join(opts.mailwarden, 'node_modules'), path.join(mwRoot, 'node_modules'));
+    const copied = copyMailwarden(opts.mailwarden, opts.rev, mwRoot);
+    mwRevision = copied.commit;
+    progress(copied.description);
   }
 
   // The test DNS, on port 53 of a spare loopback address (resolv.conf cannot name a port).

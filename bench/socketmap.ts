@@ -6,7 +6,7 @@
 //       [--backends yaml,mysql] [--baselines trivial,postfix-mysql,postfix-lmdb]
 //       [--mailboxes 100000] [--json] ...
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +16,7 @@ import mysql from 'mysql2/promise';
 import { generateDataset, directoryYaml, vmailboxSource, type Dataset } from './lib/data.ts';
 import { loadDataset, bumpSerial } from './lib/mysql.ts';
 import { runPostmapFor, type PostmapOptions } from './lib/postmap.ts';
-import { installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, startDaemon, type Daemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
+import { copyMailwarden, type Daemon, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, startDaemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
 import { formatTable, formatVerdicts, verdicts, type Row } from './lib/report.ts';
 import type { FromLoadgen, RunParams, RunResult, ToLoadgen } from './lib/types.ts';
 
@@ -319,18 +319,9 @@ async function main(): Promise<void> {
 
   // A frozen copy of the mailwarden under test: other people may be editing src/ while we run.
   const mwRoot = path.join(tmp, 'mailwarden');
-  mkdirSync(mwRoot);
-  if (opts.rev) {
-    const commit = execFileSync('git', ['-C', opts.mailwarden, 'rev-parse', '--verify', `${opts.rev}^{commit}`]).toString().trim();
-    const tar = execFileSync('git', ['-C', opts.mailwarden, 'archive', commit, 'src', 'bin', 'package.json'], { maxBuffer: 1 << 30 });
-    execFileSync('tar', ['-x', '-C', mwRoot], { input: tar });
-    meta['mailwardenRevision'] = commit;
-    progress(`benchmarking ${opts.mailwarden} at ${commit.slice(0, 12)} (${opts.rev})`);
-  } else {
-    for (const part of ['src', 'bin', 'package.json']) cpSync(path.join(opts.mailwarden, part), path.join(mwRoot, part), { recursive: true });
-    progress(`benchmarking the working tree of ${opts.mailwarden} (copied now)`);
-  }
-  symlinkSync(path.join(opts.mailwarden, 'node_modules'), path.join(mwRoot, 'node_modules'));
+  const copied = copyMailwarden(opts.mailwarden, opts.rev, mwRoot);
+  if (copied.commit) meta['mailwardenRevision'] = copied.commit;
+  progress(copied.description);
   meta['mailwarden'] = opts.mailwarden;
 
   const loadgen = new Loadgen();

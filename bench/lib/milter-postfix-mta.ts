@@ -9,7 +9,7 @@
 // with a capturing server). It sends HELO (no EHLO) and one empty line after
 // the file, which DKIM's body canonicalization ignores (trailing empty lines).
 import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { dkimVerify } from 'mailauth';
 import { createResolver, forMailauth } from '../../src/dns/resolver.ts';
@@ -23,27 +23,6 @@ export const SMTP_SINK = '/usr/sbin/smtp-sink';
 export const PROBE_DOMAIN = 'sink.bench.example';
 /** The discard transport's "next hop": it appears in the log as status=sent (this text). */
 export const DISCARD_REASON = 'bench-discarded';
-
-/**
- * A frozen copy of the mailwarden under test in `dest` (src/, bin/, package.json;
- * node_modules symlinked): the working tree of `source`, or `rev` of its git
- * history. The same logic as bench/milter.ts; returns a line for the progress log.
- */
-export function copyMailwarden(source: string, rev: string | undefined, dest: string): string {
-  mkdirSync(dest, { recursive: true });
-  let what: string;
-  if (rev) {
-    const commit = execFileSync('git', ['-C', source, 'rev-parse', '--verify', `${rev}^{commit}`]).toString().trim();
-    const tar = execFileSync('git', ['-C', source, 'archive', commit, 'src', 'bin', 'package.json'], { maxBuffer: 1 << 30 });
-    execFileSync('tar', ['-x', '-C', dest], { input: tar });
-    what = `benchmarking ${source} at ${commit.slice(0, 12)} (${rev})`;
-  } else {
-    for (const part of ['src', 'bin', 'package.json']) cpSync(path.join(source, part), path.join(dest, part), { recursive: true });
-    what = `benchmarking the working tree of ${source} (copied now)`;
-  }
-  symlinkSync(path.join(source, 'node_modules'), path.join(dest, 'node_modules'));
-  return what;
-}
 
 type WithoutId<T> = T extends unknown ? Omit<T, 'id'> : never;
 

@@ -1,8 +1,9 @@
 // Process plumbing for the benchmark: CPU accounting from /proc, daemons that
 // cannot outlive the benchmark, and one cleanup list run on every exit path.
 import os from 'node:os';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { cpSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 
@@ -242,4 +243,27 @@ export function track(child: ChildProcess): void {
   if (child.pid === undefined) return;
   const forget = killAtExit(child.pid);
   child.once('exit', forget);
+}
+
+/**
+ * A frozen copy of the mailwarden under test in `dest` (`parts` of it, default
+ * src/, bin/, package.json; node_modules symlinked), so edits made while a
+ * benchmark runs cannot break it half-way: the working tree of `source`, or
+ * `rev` of its git history (extracted with git archive). Returns the commit
+ * (for a revision) and a line for the progress log.
+ */
+export function copyMailwarden(source: string, rev: string | undefined, dest: string, parts: readonly string[] = ['src', 'bin', 'package.json']): { commit?: string; description: string } {
+  mkdirSync(dest, { recursive: true });
+  let result: { commit?: string; description: string };
+  if (rev) {
+    const commit = execFileSync('git', ['-C', source, 'rev-parse', '--verify', `${rev}^{commit}`]).toString().trim();
+    const tar = execFileSync('git', ['-C', source, 'archive', commit, ...parts], { maxBuffer: 1 << 30 });
+    execFileSync('tar', ['-x', '-C', dest], { input: tar });
+    result = { commit, description: `benchmarking ${source} at ${commit.slice(0, 12)} (${rev})` };
+  } else {
+    for (const part of parts) cpSync(path.join(source, part), path.join(dest, part), { recursive: true });
+    result = { description: `benchmarking the working tree of ${source} (copied now)` };
+  }
+  symlinkSync(path.join(source, 'node_modules'), path.join(dest, 'node_modules'));
+  return result;
 }
