@@ -23,11 +23,13 @@ import { AUTHSERV_ID, OUR_DOMAIN, generateMilterDataset } from './lib/milter-dat
 import { OPENDKIM, OPENDKIM_AUTHSERV, OPENDMARC, OPENDMARC_AUTHSERV, type MilterKind, type RunningMilter } from './lib/milter-peers.ts';
 import { startMilterForPostfix } from './lib/milter-postfix-peers.ts';
 import {
-  DISCARD_REASON, DnsChild, MaillogTail, PROBE_DOMAIN, SMTP_SINK, SMTP_SOURCE, inspectProbe, runSmtpSource, startSink, treeCpu,
+  DISCARD_REASON, MaillogTail, PROBE_DOMAIN, SMTP_SINK, SMTP_SOURCE, inspectProbe, runSmtpSource, startSink, treeCpu,
   waitForDiscards, writeSourceFile, type ProbeFinding,
 } from './lib/milter-postfix-mta.ts';
 import { writeResolvConf } from './lib/policy-peers.ts';
 import { copyMailwarden, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, systemCpuMicros, waitForQuiet, waitForSocket } from './lib/proc.ts';
+import { Child } from './lib/child.ts';
+import type { FromDns, ToDns } from './lib/policy-types.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -201,7 +203,12 @@ async function main(): Promise<void> {
   progress(`verify: ${(size(chosen.verify) / 1024).toFixed(1)} KB from ${chosen.verify.sender} (${chosen.verify.kind}); `
     + `sign: ${(size(chosen.sign) / 1024).toFixed(1)} KB from ${chosen.sign.sender}`);
 
-  const dns = new DnsChild(path.join(ROOT, 'bench/lib/policy-dns.ts'));
+  const dns = new Child<ToDns, FromDns>(path.join(ROOT, 'bench/lib/policy-dns.ts'), 'test DNS');
+  /** Queries the test DNS answered since the last call. */
+  const dnsQueries = async (): Promise<number> => {
+    const m = await dns.request({ type: 'stats' });
+    return m.type === 'stats' ? m.stats.total : 0;
+  };
   const ready = await dns.request({ type: 'start', zones: ds.zones, ttl: 3600, host: dnsAddress, dnsblZones: [] });
   if (ready.type !== 'ready') throw new Error('test DNS did not start');
   writeResolvConf(files.resolvConf, ready.address);
@@ -291,7 +298,7 @@ async function main(): Promise<void> {
             await waitForDiscards(tail, w, 60_000);
           }
           if (quietWait > 0) await waitForQuiet(quietWait, progress);
-          await dns.queries();
+          await dnsQueries();
           const sys0 = systemCpuMicros();
           const cpu0 = treeCpu({ ...roots, postfix: masterPid });
           const run = await send(n);
@@ -299,7 +306,7 @@ async function main(): Promise<void> {
           const cpu1 = treeCpu({ ...roots, postfix: masterPid });
           await waitForDiscards(tail, n, 120_000);
           const cpu2 = treeCpu({ postfix: masterPid });
-          const dnsQ = await dns.queries();
+          const dnsQ = await dnsQueries();
           const milterCpuUs = Object.fromEntries(Object.keys(roots).map((k) => [k, (cpu1[k]! - cpu0[k]!) / n]));
           const measured = sum(milterCpuUs) * n + (cpu1['postfix']! - cpu0['postfix']!) + run.clientCpuUs;
           const capacity = run.seconds * 1e6 * cores;

@@ -8,7 +8,7 @@
 // messages on fresh processes for the flat-memory check. See bench/README.md.
 //
 //   node bench/milter.ts [--seconds 4] [--concurrency 1,10,50] [--only mailwarden,opendkim] ...
-import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
@@ -22,6 +22,7 @@ import type { FromMilterLoadgen, MilterRunParams, MilterRunResult, ToMilterLoadg
 import type { DnsStats, FromDns, ToDns } from './lib/policy-types.ts';
 import { writeResolvConf } from './lib/policy-peers.ts';
 import { copyMailwarden, installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
+import { Child } from './lib/child.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -90,45 +91,6 @@ const ms = (us: number) => (us / 1000).toFixed(us < 10_000 ? 2 : 1);
 const mb = (kib: number) => (kib / 1024).toFixed(0);
 const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
 
-type WithoutId<T> = T extends unknown ? Omit<T, 'id'> : never;
-class Child<In extends { id: number }, Out extends { id: number; type: string }> {
-  readonly #child: ChildProcess;
-  #nextId = 1;
-  readonly #pending = new Map<number, { resolve: (m: Out) => void; reject: (e: Error) => void }>();
-  constructor(script: string, name: string) {
-    this.#child = fork(script, [], { detached: true, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    this.#child.on('message', (m: Out) => {
-      const p = this.#pending.get(m.id);
-      if (!p || m.type === 'phase') return;
-      this.#pending.delete(m.id);
-      if (m.type === 'error') p.reject(new Error(`${name}: ${(m as unknown as { message: string }).message}`));
-      else p.resolve(m);
-    });
-    this.#child.once('exit', (code) => {
-      for (const p of this.#pending.values()) p.reject(new Error(`${name} exited (${code})`));
-      this.#pending.clear();
-    });
-    onCleanup(`stop ${name}`, () => this.stop());
-  }
-  get pid(): number {
-    return this.#child.pid!;
-  }
-  request(msg: WithoutId<In>): Promise<Out> {
-    const id = this.#nextId++;
-    return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
-      this.#child.send({ ...msg, id });
-    });
-  }
-  async stop(): Promise<void> {
-    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return;
-    const exited = new Promise((r) => this.#child.once('exit', r));
-    this.#child.disconnect();
-    const t = setTimeout(() => this.#child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(t);
-  }
-}
 
 async function waitForEndpoint(endpoint: MilterEndpoint, timeoutMs: number, m: RunningMilter, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -4,7 +4,7 @@
 // test DNS. See bench/README.md ("Policy").
 //
 //   node bench/policy.ts [--seconds 5] [--concurrency 1,10,50] [--only mailwarden,postfwd] [--repeat 3] ...
-import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
@@ -17,6 +17,7 @@ import { TARGETS, TARGET_INFO, startTarget, writeResolvConf, type RunningTarget,
 import { formatDetails, formatDnsTable, formatShapes, formatTables, formatVerdicts, verdicts, type PolicyRow } from './lib/policy-report.ts';
 import type { DnsStats, FromDns, FromLoadgen, PolicyRunParams, PolicyRunResult, ToDns, ToLoadgen } from './lib/policy-types.ts';
 import { copyMailwarden, installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
+import { Child } from './lib/child.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -148,59 +149,6 @@ const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
 
 // --- child processes: the load generator and the DNS server ---
 
-type WithoutId<T> = T extends unknown ? Omit<T, 'id'> : never;
-
-class Child<In extends { id: number }, Out extends { id: number; type: string }> {
-  readonly name: string;
-  readonly #child: ChildProcess;
-  #nextId = 1;
-  readonly #pending = new Map<number, { resolve: (m: Out) => void; reject: (e: Error) => void; onOther?: (m: Out) => void }>();
-
-  constructor(script: string, name: string) {
-    this.name = name;
-    // Its own process group: Ctrl-C reaches only us; it exits when our IPC channel closes.
-    this.#child = fork(script, [], { detached: true, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    this.#child.on('message', (m: Out) => {
-      const p = this.#pending.get(m.id);
-      if (!p) return;
-      if (m.type === 'error') {
-        this.#pending.delete(m.id);
-        p.reject(new Error(`${name}: ${(m as unknown as { message: string }).message}`));
-      } else if (p.onOther && m.type === 'phase') {
-        p.onOther(m);
-      } else {
-        this.#pending.delete(m.id);
-        p.resolve(m);
-      }
-    });
-    this.#child.once('exit', (code) => {
-      for (const p of this.#pending.values()) p.reject(new Error(`${name} exited (${code})`));
-      this.#pending.clear();
-    });
-    onCleanup(`stop ${name}`, () => this.stop());
-  }
-
-  get pid(): number {
-    return this.#child.pid!;
-  }
-
-  request(msg: WithoutId<In>, onOther?: (m: Out) => void): Promise<Out> {
-    const id = this.#nextId++;
-    return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject, ...(onOther ? { onOther } : {}) });
-      this.#child.send({ ...msg, id });
-    });
-  }
-
-  async stop(): Promise<void> {
-    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return;
-    const exited = new Promise((r) => this.#child.once('exit', r));
-    this.#child.disconnect();
-    const t = setTimeout(() => this.#child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(t);
-  }
-}
 
 // --- probes: a fast wrong server is worthless ---
 

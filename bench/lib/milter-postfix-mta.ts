@@ -8,14 +8,13 @@
 // bare LF and unstuffed; a CR left in it would go out as "\r\r\n" (checked
 // with a capturing server). It sends HELO (no EHLO) and one empty line after
 // the file, which DKIM's body canonicalization ignores (trailing empty lines).
-import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { chownSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { dkimVerify } from 'mailauth';
 import { createResolver, forMailauth } from '../../src/dns/resolver.ts';
 import type { BenchMessage } from './milter-types.ts';
-import type { FromDns, ToDns } from './policy-types.ts';
-import { onCleanup, sleep, startDaemon, track, type Daemon } from './proc.ts';
+import { sleep, startDaemon, track, type Daemon } from './proc.ts';
 
 export const SMTP_SOURCE = '/usr/sbin/smtp-source';
 export const SMTP_SINK = '/usr/sbin/smtp-sink';
@@ -24,52 +23,6 @@ export const PROBE_DOMAIN = 'sink.bench.example';
 /** The discard transport's "next hop": it appears in the log as status=sent (this text). */
 export const DISCARD_REASON = 'bench-discarded';
 
-type WithoutId<T> = T extends unknown ? Omit<T, 'id'> : never;
-
-/** The test DNS (bench/lib/policy-dns.ts) in its own process, as bench/milter.ts runs it. */
-export class DnsChild {
-  readonly #child: ChildProcess;
-  #nextId = 1;
-  readonly #pending = new Map<number, (m: FromDns) => void>();
-  constructor(script: string) {
-    this.#child = fork(script, [], { detached: true, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    this.#child.on('message', (m: FromDns) => {
-      const p = this.#pending.get(m.id);
-      this.#pending.delete(m.id);
-      p?.(m);
-    });
-    this.#child.once('exit', (code) => {
-      for (const p of this.#pending.values()) p({ type: 'error', id: 0, message: `test DNS exited (${code})` });
-      this.#pending.clear();
-    });
-    onCleanup('stop test DNS', () => this.stop());
-  }
-  get pid(): number {
-    return this.#child.pid!;
-  }
-  async request(msg: WithoutId<ToDns>): Promise<FromDns> {
-    const id = this.#nextId++;
-    const reply = await new Promise<FromDns>((resolve) => {
-      this.#pending.set(id, resolve);
-      this.#child.send({ ...msg, id });
-    });
-    if (reply.type === 'error') throw new Error(`test DNS: ${reply.message}`);
-    return reply;
-  }
-  /** Queries answered since the last call. */
-  async queries(): Promise<number> {
-    const m = await this.request({ type: 'stats' });
-    return m.type === 'stats' ? m.stats.total : 0;
-  }
-  async stop(): Promise<void> {
-    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return;
-    const exited = new Promise((r) => this.#child.once('exit', r));
-    this.#child.disconnect();
-    const t = setTimeout(() => this.#child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(t);
-  }
-}
 
 // --- CPU of process trees ---
 
