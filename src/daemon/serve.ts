@@ -44,10 +44,16 @@ interface Running {
   listeners: Map<ServiceName, Listener>;
 }
 
-/** Each service: its config section (absent = off) and how to start it against the running state. */
+/**
+ * Each service: its config section (absent = off), what of it the listener
+ * holds (`bound`: the rest is read per request or per message, so a reload
+ * that changes only the rest keeps the socket and its connections), how to
+ * start it, and how a kept listener takes a new section (`adopt`).
+ */
 const SERVICES = {
   socketmap: {
     section: (c: Config) => c.socketmap,
+    bound: (c: Config) => listenOf(c.socketmap),
     start: (d: Daemon, c: Config) => startSocketmapServer({
       listen: c.socketmap!,
       log: d.log.child({ service: 'socketmap' }),
@@ -58,12 +64,14 @@ const SERVICES = {
   },
   auth: {
     section: (c: Config) => c.auth,
+    bound: (c: Config) => ({ ...listenOf(c.auth), secret: c.auth?.secret }),
     start: (d: Daemon, c: Config) => startAuthHttpServer({
       config: c.auth!, auth: () => d.state!.dovecot, log: d.log.child({ service: 'auth' }), policy: () => d.policy,
     }),
   },
   dict: {
     section: (c: Config) => c.dict,
+    bound: (c: Config) => listenOf(c.dict),
     start: (d: Daemon, c: Config) => startDictServer({
       listen: c.dict!,
       handler: new MailwardenDict(() => d.state!, d.log.child({ service: 'dict' })),
@@ -72,6 +80,7 @@ const SERVICES = {
   },
   policy: {
     section: (c: Config) => c.policy,
+    bound: (c: Config) => ({ ...listenOf(c.policy), defaultAction: c.policy?.defaultAction, timeoutMs: c.policy?.timeoutMs }),
     start: (d: Daemon, c: Config) => {
       const log = d.log.child({ service: 'policy' });
       return startPolicyServer({
@@ -86,21 +95,43 @@ const SERVICES = {
   },
   milter: {
     section: (c: Config) => c.milter,
+    bound: (c: Config) => listenOf(c.milter),
     start: (d: Daemon, c: Config) => startMilter(d, c),
+    // milter.workers: the pool is resized under the running listener.
+    adopt: (l: Listener, c: Config) => (l as MilterListener).setWorkers(c.milter!.workers),
   },
-} as const satisfies Record<string, { section: (c: Config) => unknown; start: (d: Daemon, c: Config) => Promise<Listener> }>;
+} as const satisfies Record<string, {
+  section: (c: Config) => unknown;
+  bound: (c: Config) => unknown;
+  start: (d: Daemon, c: Config) => Promise<Listener>;
+  adopt?: (l: Listener, c: Config) => void;
+}>;
 type ServiceName = keyof typeof SERVICES;
 
+function listenOf(section: { listen: unknown; unix: unknown } | undefined): { listen: unknown; unix: unknown } {
+  return { listen: section?.listen, unix: section?.unix };
+}
+
+interface MilterListener extends Listener {
+  setWorkers(workers: number): void;
+}
+
 /**
- * The milter listener and its auth worker threads (milter.workers): the
- * pool lives as long as the listener, so a reload that changes the milter
- * section (workers included) gets a new pool, and the old one stops once its
- * connections are drained; shutdown stops both.
+ * The milter listener and its auth worker threads (milter.workers). A reload
+ * that changes the number swaps the pool under the running listener: messages
+ * begun on the old pool finish there (it stops once they are done, within the
+ * shutdown grace), new ones go to the new pool. Shutdown stops all of them.
  */
-async function startMilter(d: Daemon, c: Config): Promise<Listener> {
+async function startMilter(d: Daemon, c: Config): Promise<MilterListener> {
   const log = d.log.child({ service: 'milter' });
-  const workers = c.milter!.workers;
-  const pool = workers > 0 ? new AuthWorkerPool({ size: workers, log }) : undefined;
+  const newPool = (workers: number) => (workers > 0 ? new AuthWorkerPool({ size: workers, log }) : undefined);
+  let pool = newPool(c.milter!.workers);
+  const retiring = new Set<Promise<void>>();
+  const retire = (old: AuthWorkerPool | undefined) => {
+    if (!old) return;
+    const done = old.close(SHUTDOWN_GRACE_MS).finally(() => retiring.delete(done));
+    retiring.add(done);
+  };
   let listener: Listener;
   try {
     listener = await startMilterServer({
@@ -116,13 +147,21 @@ async function startMilter(d: Daemon, c: Config): Promise<Listener> {
     await pool?.close();
     throw err;
   }
-  if (!pool) return listener;
   return {
     get address() { return listener.address; },
     get connections() { return listener.connections; },
+    setWorkers(workers: number) {
+      if ((pool?.size ?? 0) === workers) return;
+      const old = pool;
+      pool = newPool(workers);
+      if (!pool) log.info({ workers: 0 }, 'milter auth worker threads stopping; messages are verified and signed in the main thread');
+      retire(old);
+    },
     async close(graceMs?: number) {
       await listener.close(graceMs);
-      await pool.close();
+      retire(pool);
+      pool = undefined;
+      await Promise.all(retiring);
     },
   };
 }
@@ -230,19 +269,26 @@ export class Daemon {
     return { config, directory, lookups, dovecot, ...(policy ? { policy } : {}), spfMemory, listeners: new Map() };
   }
 
-  /** Starts what is configured; keeps a listener whose section did not change (and its connections). */
+  /**
+   * Starts what is configured; keeps a listener whose bound settings did not
+   * change (and its connections), handing it the new section once every
+   * service is up.
+   */
   async #startServices(state: Running, previous: Running | undefined): Promise<void> {
+    const adoptions: Array<() => void> = [];
     for (const name of Object.keys(SERVICES) as ServiceName[]) {
       const spec = SERVICES[name];
       const section = spec.section(state.config);
       const old = previous?.listeners.get(name);
-      if (old && section && isDeepStrictEqual(spec.section(previous!.config), section)) {
+      if (old && section && isDeepStrictEqual(spec.bound(previous!.config), spec.bound(state.config))) {
+        if ('adopt' in spec) adoptions.push(() => spec.adopt(old, state.config));
         state.listeners.set(name, old);
         continue;
       }
       if (old) await old.close(SHUTDOWN_GRACE_MS);
       if (section) state.listeners.set(name, await spec.start(this, state.config));
     }
+    for (const adopt of adoptions) adopt();
   }
 
   /** SIGHUP: re-read config and directory; on any error keep everything as it is. */

@@ -458,6 +458,19 @@ describe('milter.workers in mailwarden serve', () => {
     };
     write(1);
     const daemon = await startDaemon(configFile);
+    // Connects over and over while the reloads below resize the pool: the listener is kept, so none is refused.
+    let probing = true;
+    const probes = { ok: 0, refused: 0 };
+    const prober = (async () => {
+      while (probing) {
+        await new Promise<void>((resolve) => {
+          const s = net.connect(port, '127.0.0.1');
+          s.once('connect', () => { probes.ok++; s.destroy(); resolve(); });
+          s.once('error', () => { probes.refused++; resolve(); });
+        });
+        await sleep(2);
+      }
+    })();
     try {
       const pid = daemon.child.pid!;
       await until('1 worker thread', () => authThreads(pid) === 1);
@@ -481,7 +494,13 @@ describe('milter.workers in mailwarden serve', () => {
       assert.match(await verified('auto@remote.test'), /dkim=pass/);
       const started = daemon.lines.filter((l) => l['msg'] === 'milter auth worker threads started').map((l) => l['workers']);
       assert.deepEqual(started, expected > 0 ? [1, 3, expected] : [1, 3]);
+      probing = false;
+      await prober;
+      assert.equal(probes.refused, 0, `connections refused during the reloads (${probes.ok} accepted)`);
+      assert.ok(probes.ok > 10, `the prober ran (${probes.ok} connections)`);
     } finally {
+      probing = false;
+      await prober;
       const t0 = Date.now();
       assert.equal(await daemon.stop(), 0);
       assert.ok(Date.now() - t0 < 8000, 'shutdown with worker threads took too long');
