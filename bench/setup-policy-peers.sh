@@ -22,23 +22,15 @@ set -euo pipefail
 
 PACKAGES=(postfix-policyd-spf-python postfix-policyd-spf-perl postgrey postfwd)
 COMMANDS=(/usr/bin/policyd-spf /usr/sbin/postfix-policyd-spf-perl /usr/sbin/postgrey)
-POLICY=/usr/sbin/policy-rc.d
-POLICY_MARK="# mailwarden setup-policy-peers: temporary"
 me="setup-policy-peers"
+source "$(dirname "$0")/../test/setup/apt-lib.sh"
 
 have_postfwd() { [ -x /usr/sbin/postfwd2 ] || [ -x /usr/sbin/postfwd3 ] || [ -x /usr/sbin/postfwd ]; }
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-  [ "$status" = "install ok installed" ] || missing+=("$pkg")
-done
-missing_cmds=()
-for cmd in "${COMMANDS[@]}"; do
-  [ -x "$cmd" ] || missing_cmds+=("$cmd")
-done
-have_postfwd || missing_cmds+=(postfwd)
-if [ ${#missing[@]} -eq 0 ] && [ ${#missing_cmds[@]} -gt 0 ]; then
+missing_packages "${PACKAGES[@]}"
+mapfile -t absent < <(absent_paths "${COMMANDS[@]}")
+have_postfwd || absent+=(postfwd)
+if [ ${#missing[@]} -eq 0 ] && [ ${#absent[@]} -gt 0 ]; then
   missing=("${PACKAGES[@]}") # installed but a command is gone: reinstall
 fi
 
@@ -70,52 +62,22 @@ stop_system_postgrey() {
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "$me: missing packages (${missing[*]}); run as root: sudo bash bench/setup-policy-peers.sh" >&2
-  exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "$me: missing packages (${missing[*]}) and no apt-get to install them (Debian 12 expected)" >&2
-  exit 1
-fi
+require_root_and_apt "bash bench/setup-policy-peers.sh"
 
 start=$(date +%s)
 echo "$me: installing ${missing[*]}"
-created_policy=no
-if [ ! -e "$POLICY" ]; then
-  printf '#!/bin/sh\n%s policy-rc.d (do not start services while installing benchmark peers)\nexit 101\n' "$POLICY_MARK" > "$POLICY"
-  chmod 755 "$POLICY"
-  created_policy=yes
-fi
-cleanup() {
-  if [ "$created_policy" = yes ] && grep -qF "$POLICY_MARK" "$POLICY" 2>/dev/null; then rm -f "$POLICY"; fi
-}
-trap cleanup EXIT
-
 postgrey_before=no
 [ -n "$(postgrey_pids)" ] && postgrey_before=yes
 
-export DEBIAN_FRONTEND=noninteractive
-apt_opts=(-q -o DPkg::Lock::Timeout=120 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
-if ! apt-get "${apt_opts[@]}" update >/tmp/mailwarden-apt-update.log 2>&1; then
-  cat /tmp/mailwarden-apt-update.log >&2
-  echo "$me: apt-get update failed" >&2
-  exit 1
-fi
-if ! apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/tmp/mailwarden-apt-install.log 2>&1; then
-  tail -n 40 /tmp/mailwarden-apt-install.log >&2
-  echo "$me: apt-get install failed (full log: /tmp/mailwarden-apt-install.log)" >&2
-  exit 1
-fi
+apt_install_missing "benchmark peers"
 
 [ "$postgrey_before" = yes ] || stop_system_postgrey
 
-for cmd in "${COMMANDS[@]}"; do
-  if [ ! -x "$cmd" ]; then
-    echo "$me: $cmd still missing after installing ${missing[*]}" >&2
-    exit 1
-  fi
-done
+mapfile -t absent < <(absent_paths "${COMMANDS[@]}")
+if [ ${#absent[@]} -gt 0 ]; then
+  echo "$me: ${absent[*]} still missing after installing ${missing[*]}" >&2
+  exit 1
+fi
 if ! have_postfwd; then
   echo "$me: no postfwd2/postfwd3 binary after installing postfwd" >&2
   exit 1

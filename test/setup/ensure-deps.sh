@@ -33,26 +33,14 @@ COMMANDS=(/usr/sbin/postfix /usr/sbin/postmap /usr/sbin/mariadbd /usr/bin/mariad
 # allowed; Dovecot 2.3 on bookworm embeds Lua 5.4, so it loads cjson and
 # LuaSocket (the Lua script's fast transport) for 5.4.
 FILES=(/usr/lib/dovecot/modules/auth/libauthdb_lua.so "/usr/lib/*/lua/5.4/cjson.so" "/usr/lib/*/lua/5.4/socket/unix.so" /usr/share/perl5/Mail/DKIM/ARC/Verifier.pm)
-POLICY=/usr/sbin/policy-rc.d
-POLICY_MARK="# mailwarden ensure-deps: temporary"
-
 me="ensure-deps"
+source "$(dirname "$0")/apt-lib.sh"
 bash "$(dirname "$0")/ensure-dovecot24.sh" # Dovecot 2.4 chroot for dovecot24-e2e (here, not at the end: the checks below exit early)
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-  [ "$status" = "install ok installed" ] || missing+=("$pkg")
-done
-missing_cmds=()
-for cmd in "${COMMANDS[@]}"; do
-  [ -x "$cmd" ] || missing_cmds+=("$cmd")
-done
-for file in "${FILES[@]}"; do
-  compgen -G "$file" >/dev/null || missing_cmds+=("$file")
-done
-if [ ${#missing[@]} -eq 0 ] && [ ${#missing_cmds[@]} -gt 0 ]; then
-  # Installed but the command is gone: reinstall everything we check.
+missing_packages "${PACKAGES[@]}"
+mapfile -t absent < <(absent_paths "${COMMANDS[@]}" "${FILES[@]}")
+if [ ${#missing[@]} -eq 0 ] && [ ${#absent[@]} -gt 0 ]; then
+  # Installed but a command or file is gone: reinstall everything we check.
   missing=("${PACKAGES[@]}")
 fi
 
@@ -76,29 +64,10 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-if ! is_root; then
-  echo "$me: missing system packages (${missing[*]}); run as root: sudo bash test/setup/ensure-deps.sh" >&2
-  exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "$me: missing system packages (${missing[*]}) and no apt-get to install them (Debian 12 expected)" >&2
-  exit 1
-fi
+require_root_and_apt "bash test/setup/ensure-deps.sh"
 
 start=$(date +%s)
 echo "$me: installing ${missing[*]}"
-
-# Keep maintainer scripts from starting the distro services.
-created_policy=no
-if [ ! -e "$POLICY" ]; then
-  printf '#!/bin/sh\n%s policy-rc.d (do not start services while installing test dependencies)\nexit 101\n' "$POLICY_MARK" > "$POLICY"
-  chmod 755 "$POLICY"
-  created_policy=yes
-fi
-cleanup() {
-  if [ "$created_policy" = yes ] && grep -qF "$POLICY_MARK" "$POLICY" 2>/dev/null; then rm -f "$POLICY"; fi
-}
-trap cleanup EXIT
 
 # Remember whether the system instances were running, to stop only what the
 # install itself may have started.
@@ -108,19 +77,7 @@ db_before=no; pid_alive /run/mysqld/mysqld.pid && db_before=yes
 dc_before=no; pid_alive /run/dovecot/master.pid && dc_before=yes
 
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-
-export DEBIAN_FRONTEND=noninteractive
-apt_opts=(-q -o DPkg::Lock::Timeout=120 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
-if ! apt-get "${apt_opts[@]}" update >/tmp/mailwarden-apt-update.log 2>&1; then
-  cat /tmp/mailwarden-apt-update.log >&2
-  echo "$me: apt-get update failed" >&2
-  exit 1
-fi
-if ! apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/tmp/mailwarden-apt-install.log 2>&1; then
-  tail -n 40 /tmp/mailwarden-apt-install.log >&2
-  echo "$me: apt-get install failed (full log: /tmp/mailwarden-apt-install.log)" >&2
-  exit 1
-fi
+apt_install_missing "test dependencies"
 
 # Belt and braces for hosts where something started them anyway.
 if [ "$pf_before" = no ] && pid_alive /var/spool/postfix/pid/master.pid; then
@@ -146,16 +103,9 @@ fi
 
 ensure_main_cf
 
-for cmd in "${COMMANDS[@]}"; do
-  if [ ! -x "$cmd" ]; then
-    echo "$me: $cmd still missing after installing ${missing[*]}" >&2
-    exit 1
-  fi
-done
-for file in "${FILES[@]}"; do
-  if ! compgen -G "$file" >/dev/null; then
-    echo "$me: $file still missing after installing ${missing[*]}" >&2
-    exit 1
-  fi
-done
+mapfile -t absent < <(absent_paths "${COMMANDS[@]}" "${FILES[@]}")
+if [ ${#absent[@]} -gt 0 ]; then
+  echo "$me: ${absent[*]} still missing after installing ${missing[*]}" >&2
+  exit 1
+fi
 echo "$me: installed ${missing[*]} in $(( $(date +%s) - start ))s"
