@@ -9,6 +9,7 @@ import { LookupService } from '../lookup/service.ts';
 import { answerSocketmap, cachedSocketmapFrame } from '../socketmap/answer.ts';
 import { startSocketmapServer } from '../socketmap/server.ts';
 import type { Listener } from '../net/listener.ts';
+import { formatListen } from '../config/listen.ts';
 import { DovecotAuth } from '../auth/dovecot-auth.ts';
 import { startAuthHttpServer } from '../auth/http-server.ts';
 import { PasswordVerifier } from '../auth/verifier.ts';
@@ -272,22 +273,61 @@ export class Daemon {
   /**
    * Starts what is configured; keeps a listener whose bound settings did not
    * change (and its connections), handing it the new section once every
-   * service is up.
+   * service is up. All or nothing: a listener on a new address starts next to
+   * the old one, which closes only when every service is up; one that must
+   * reuse its address (same socket, other bound settings) closes first, and is
+   * reopened with the running configuration if the reload fails.
    */
   async #startServices(state: Running, previous: Running | undefined): Promise<void> {
     const adoptions: Array<() => void> = [];
-    for (const name of Object.keys(SERVICES) as ServiceName[]) {
-      const spec = SERVICES[name];
-      const section = spec.section(state.config);
-      const old = previous?.listeners.get(name);
-      if (old && section && isDeepStrictEqual(spec.bound(previous!.config), spec.bound(state.config))) {
-        if ('adopt' in spec) adoptions.push(() => spec.adopt(old, state.config));
-        state.listeners.set(name, old);
-        continue;
+    const retired: Listener[] = [];
+    const started: ServiceName[] = [];
+    const reopened: ServiceName[] = [];
+    const held = new Map<string, ServiceName>();
+    for (const [name, l] of previous?.listeners ?? []) held.set(formatListen(l.address), name);
+    try {
+      const sameAddress: ServiceName[] = [];
+      for (const name of Object.keys(SERVICES) as ServiceName[]) {
+        const spec = SERVICES[name];
+        const section = spec.section(state.config);
+        const old = previous?.listeners.get(name);
+        if (old && section && isDeepStrictEqual(spec.bound(previous!.config), spec.bound(state.config))) {
+          if ('adopt' in spec) adoptions.push(() => spec.adopt(old, state.config));
+          state.listeners.set(name, old);
+          continue;
+        }
+        if (old) retired.push(old);
+        if (!section) continue;
+        const holder = held.get(formatListen(section.listen));
+        if (holder !== undefined) {
+          if (holder !== name) throw new Error(`${name}: ${formatListen(section.listen)} is in use by the running ${holder} service`);
+          sameAddress.push(name);
+          continue;
+        }
+        state.listeners.set(name, await spec.start(this, state.config));
+        started.push(name);
       }
-      if (old) await old.close(SHUTDOWN_GRACE_MS);
-      if (section) state.listeners.set(name, await spec.start(this, state.config));
+      for (const name of sameAddress) {
+        const old = previous!.listeners.get(name)!;
+        retired.splice(retired.indexOf(old), 1);
+        reopened.push(name);
+        await old.close(SHUTDOWN_GRACE_MS);
+        state.listeners.set(name, await SERVICES[name].start(this, state.config));
+        started.push(name);
+      }
+    } catch (err) {
+      for (const name of started) await state.listeners.get(name)!.close(0);
+      for (const name of reopened) {
+        try {
+          previous!.listeners.set(name, await SERVICES[name].start(this, previous!.config));
+        } catch (again) {
+          previous!.listeners.delete(name);
+          this.log.error({ service: name, err: (again as Error).message }, 'reload: cannot reopen the running listener; the service is down until the next successful reload');
+        }
+      }
+      throw err;
     }
+    for (const l of retired) await l.close(SHUTDOWN_GRACE_MS);
     for (const adopt of adoptions) adopt();
   }
 

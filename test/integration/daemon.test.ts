@@ -76,3 +76,55 @@ test('serve refuses to start on a bad config with file:line:col, exit 78', async
   writeFileSync(file, 'directory:\n  backend: yaml\n  path: d.yaml\nsocketmap:\n  listen: inet:0.0.0.0:99999\n');
   await assert.rejects(startDaemon(file), /exited 78: mailwarden: .*mailwarden\.yaml:5:11: socketmap\.listen: invalid port/);
 });
+
+test('serve: a reload whose listener cannot start keeps every running listener; a same-socket change reopens it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mw-daemon-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'mailwarden.yaml');
+  const write = (socketmap: string, dict: string) => writeFileSync(file, [
+    'directory:', '  backend: yaml', '  path: directory.yaml', 'log:', '  level: info',
+    'socketmap:', `  listen: unix:${dir}/${socketmap}`, 'dict:', `  listen: unix:${dir}/${dict}`, '',
+  ].join('\n'));
+  const admin = new DirectoryAdmin(YamlDirectory.open(join(dir, 'directory.yaml')));
+  await admin.addDomain('example.org');
+  writeFileSync(join(dir, 'not-a-dir'), '');
+  write('run/socketmap.sock\n  mode: "0600"', 'run/dict.sock');
+
+  const daemon = await startDaemon(file);
+  t.after(() => daemon.stop('SIGKILL'));
+  const socketmap = { kind: 'unix', path: join(dir, 'run/socketmap.sock') } as const;
+  const open = await SocketmapClient.connect(socketmap);
+  const answers = async (c: SocketmapClient) => (await c.ask('virtual_mailbox_domains', 'example.org')) === 'OK example.org';
+  const failedReloads = () => daemon.lines.filter((l) => String(l['msg']).startsWith('reload: a service failed to start')).length;
+
+  // The socketmap would move (a new socket next to the old one), the dict cannot listen where it would move to.
+  write('run2/socketmap.sock\n  mode: "0600"', 'not-a-dir/dict.sock');
+  daemon.child.kill('SIGHUP');
+  await daemon.waitForLog(() => failedReloads() === 1);
+  assert.ok(await answers(open), 'the open connection is still served');
+  const fresh = await SocketmapClient.connect(socketmap);
+  assert.ok(await answers(fresh), 'the running socket still accepts');
+  fresh.socket.destroy();
+  assert.ok(!existsSync(join(dir, 'run2/socketmap.sock')), 'the socket started for the failed reload is gone');
+  assert.ok(statSync(join(dir, 'run/dict.sock')).isSocket(), 'the dict socket is still there');
+
+  // Same socket, a user that does not exist: it is closed to be reopened, fails, and is reopened as it was.
+  write('run/socketmap.sock\n  mode: "0600"\n  user: no-such-user-mw', 'run/dict.sock');
+  daemon.child.kill('SIGHUP');
+  await daemon.waitForLog(() => failedReloads() === 2);
+  const reopened = await SocketmapClient.connect(socketmap);
+  assert.ok(await answers(reopened), 'reopened with the running configuration');
+  reopened.socket.destroy();
+  assert.equal(statSync(socketmap.path).mode & 0o777, 0o600);
+
+  // Same socket, a new mode: reopened with it.
+  write('run/socketmap.sock\n  mode: "0660"', 'run/dict.sock');
+  daemon.child.kill('SIGHUP');
+  await daemon.waitForLog((l) => l['msg'] === 'configuration reloaded');
+  assert.equal(statSync(socketmap.path).mode & 0o777, 0o660);
+  const after = await SocketmapClient.connect(socketmap);
+  assert.ok(await answers(after));
+  after.socket.destroy();
+  open.socket.destroy();
+  assert.equal(await daemon.stop('SIGTERM'), 0);
+});
