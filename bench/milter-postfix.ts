@@ -4,11 +4,14 @@
 // smtp-source; every message is accepted, run through the milters and then
 // thrown away by the discard transport. Verify-only (an inbound DKIM-signed
 // message) and sign-only (an outbound one, milter_macro_daemon_name =
-// ORIGINATING), for mailwarden, OpenDKIM, OpenDKIM + OpenDMARC and Postfix
-// without a milter (the ceiling). Before a target is measured, probe messages
-// are relayed to smtp-sink and checked (A-R dkim=pass/dmarc=pass, a
-// DKIM-Signature that verifies). bench/milter.ts is the same comparison with
-// a load generator in Postfix's place. See bench/README.md.
+// ORIGINATING), for mailwarden, OpenDKIM, OpenDKIM + OpenDMARC, Postfix
+// without a milter (the ceiling) and Postfix with a do-nothing milter
+// (bench/lib/milter-trivial.ts: the ceiling for any milter). Before a target
+// is measured, probe messages are relayed to smtp-sink and checked (A-R
+// dkim=pass/dmarc=pass, a DKIM-Signature that verifies; without a milter or
+// with the do-nothing one: the message unchanged). bench/milter.ts is the
+// same comparison with a load generator in Postfix's place. See
+// bench/README.md.
 //
 //   flock /tmp/mw-bench.lock node bench/milter-postfix.ts [--messages 2000] [--concurrency 1,10] [--only ...] [--phases ...]
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -33,24 +36,30 @@ import type { FromDns, ToDns } from './lib/policy-types.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-const TARGETS = ['no-milter', 'mailwarden', 'opendkim', 'opendkim+opendmarc'] as const;
+const TARGETS = ['no-milter', 'trivial-milter', 'mailwarden', 'opendkim', 'opendkim+opendmarc'] as const;
 type TargetName = (typeof TARGETS)[number];
 type Phase = 'verify' | 'sign';
 
 /** The milters of a target, in smtpd_milters order (Postfix calls them in turn; OpenDMARC reads OpenDKIM's A-R). */
 const CHAINS: Record<Phase, Partial<Record<TargetName, MilterKind[]>>> = {
-  verify: { 'no-milter': [], mailwarden: ['mailwarden'], opendkim: ['opendkim-verify'], 'opendkim+opendmarc': ['opendkim-verify', 'opendmarc'] },
-  sign: { 'no-milter': [], mailwarden: ['mailwarden'], opendkim: ['opendkim-sign'] },
+  verify: {
+    'no-milter': [], 'trivial-milter': ['trivial'], mailwarden: ['mailwarden'], opendkim: ['opendkim-verify'],
+    'opendkim+opendmarc': ['opendkim-verify', 'opendmarc'],
+  },
+  sign: { 'no-milter': [], 'trivial-milter': ['trivial'], mailwarden: ['mailwarden'], opendkim: ['opendkim-sign'] },
 };
+const TRIVIAL_WORK = 'nothing (bench/lib/milter-trivial.ts, CONTINUE at end of message): the ceiling for any milter through Postfix';
 const WORK: Record<Phase, Record<string, string>> = {
   verify: {
     'no-milter': 'Postfix alone (no smtpd_milters): the ceiling',
+    'trivial-milter': TRIVIAL_WORK,
     mailwarden: 'SPF + DKIM + DMARC + ARC, one A-R header',
     opendkim: 'DKIM only (Mode v), A-R header',
     'opendkim+opendmarc': 'OpenDKIM (Mode v) then OpenDMARC (SPF self-validated, DMARC from OpenDKIM\'s A-R)',
   },
   sign: {
     'no-milter': 'Postfix alone (no smtpd_milters): the ceiling',
+    'trivial-milter': TRIVIAL_WORK,
     mailwarden: 'DKIM-Signature rsa-sha256 relaxed/relaxed ({daemon_name}=ORIGINATING)',
     opendkim: 'DKIM-Signature rsa-sha256 relaxed/relaxed (Mode s, 127.0.0.1 in InternalHosts)',
   },
@@ -110,11 +119,33 @@ interface Row {
 
 const sum = (r: Readonly<Record<string, number>>) => Object.values(r).reduce((a, b) => a + b, 0);
 
-/** Whether a probe message shows the target's work; the reason if not. */
-function checkProbe(phase: Phase, target: TargetName, f: ProbeFinding): string | undefined {
-  if (target === 'no-milter') {
-    if (f.authResults.length || f.signatures) return `Postfix without milters, yet the message has milter headers: ${JSON.stringify(f.authResults)}, ${f.signatures} DKIM-Signature(s) of ${OUR_DOMAIN}`;
-    return undefined;
+/** Targets that must relay the message as it was sent: no milter, or one that does nothing. */
+const HANDS_OFF: readonly TargetName[] = ['no-milter', 'trivial-milter'];
+
+/**
+ * How the message smtp-sink dumped differs from the file smtp-source sent, if it does: smtp-sink's
+ * X-* envelope lines and the Received: fields Postfix prepended left out, the rest must be the
+ * file byte for byte (LF), give or take the empty line smtp-source sends after it.
+ */
+function changedInTransit(dump: string, sent: string): string | undefined {
+  let text = dump.replace(/^(?:X-(?:Client-Addr|Client-Proto|Helo-Args|Mail-Args|Rcpt-Args):[^\n]*\n)+/, '');
+  text = text.replace(/^(?:Received:[^\n]*\n(?:[ \t][^\n]*\n)*)+/, '');
+  const trim = (t: string) => t.replace(/\n+$/, '\n');
+  const [a, b] = [trim(text), trim(sent)];
+  if (a === b) return undefined;
+  let i = 0;
+  while (i < a.length && a[i] === b[i]) i++;
+  const line = a.slice(0, i).split('\n').length;
+  return `line ${line} (after Postfix's Received:) differs from what was sent: got ${JSON.stringify(a.slice(i, i + 60))}, sent ${JSON.stringify(b.slice(i, i + 60))}`;
+}
+
+/** Whether a probe message shows the target's work (or, for HANDS_OFF targets, none); the reason if not. */
+function checkProbe(phase: Phase, target: TargetName, f: ProbeFinding, dump: string, sent: string): string | undefined {
+  if (HANDS_OFF.includes(target)) {
+    const who = target === 'no-milter' ? 'Postfix without milters' : 'Postfix with the do-nothing milter';
+    if (f.authResults.length || f.signatures) return `${who}, yet the message has milter headers: ${JSON.stringify(f.authResults)}, ${f.signatures} DKIM-Signature(s) of ${OUR_DOMAIN}`;
+    const changed = changedInTransit(dump, sent);
+    return changed ? `${who}: ${changed}` : undefined;
   }
   if (phase === 'sign') {
     if (f.signatures < 1) return `no DKIM-Signature of ${OUR_DOMAIN}`;
@@ -276,16 +307,22 @@ async function main(): Promise<void> {
         await runSmtpSource({ port: postfix.smtpPort, file: files[phase], sender: m.sender, rcpt: `probe@${PROBE_DOMAIN}`, helo: m.helo, count: probes, sessions: 1, reuse: false });
         const dumps = await sink.collect(probes, 30_000);
         const ids = target === 'mailwarden' ? [AUTHSERV_ID] : [OPENDKIM_AUTHSERV, OPENDMARC_AUTHSERV];
-        const findings = await Promise.all(dumps.map((d) => inspectProbe(d, target === 'no-milter' ? [AUTHSERV_ID, OPENDKIM_AUTHSERV, OPENDMARC_AUTHSERV] : ids, OUR_DOMAIN, ready.address)));
-        for (const f of findings) {
-          const bad = checkProbe(phase, target, f);
+        const handsOff = HANDS_OFF.includes(target);
+        const findings = await Promise.all(dumps.map((d) => inspectProbe(d, handsOff ? [AUTHSERV_ID, OPENDKIM_AUTHSERV, OPENDMARC_AUTHSERV] : ids, OUR_DOMAIN, ready.address)));
+        const sent = readFileSync(files[phase], 'latin1');
+        findings.forEach((f, i) => {
+          const bad = checkProbe(phase, target, f, dumps[i]!, sent);
           if (bad) throw new Error(`probe: ${bad}`);
-        }
+        });
         const f0 = findings[0]!;
-        if (phase === 'verify' && target !== 'no-milter') spfSeen[target] = [...new Set(findings.flatMap((f) => f.spf))].join(',') || 'none';
-        probeNotes[key] = phase === 'sign'
-          ? (target === 'no-milter' ? 'no DKIM-Signature (none expected)' : `${f0.signaturesVerified.length} DKIM-Signature d=${OUR_DOMAIN}, verifies (mailauth)`)
-          : (target === 'no-milter' ? 'no A-R (none expected)' : f0.authResults.map((a) => a.replace(/\s+/g, ' ')).join(' | '));
+        if (phase === 'verify' && !handsOff) spfSeen[target] = [...new Set(findings.flatMap((f) => f.spf))].join(',') || 'none';
+        // The do-nothing milter leaves no trace in the message; that it was asked at all follows from
+        // milter_default_action = tempfail (a milter Postfix cannot reach or talk to defers the mail).
+        probeNotes[key] = handsOff
+          ? `relayed unchanged (Postfix's Received: only; no A-R, no DKIM-Signature)${target === 'trivial-milter' ? '; the milter answered (else tempfail)' : ''}`
+          : phase === 'sign'
+            ? `${f0.signaturesVerified.length} DKIM-Signature d=${OUR_DOMAIN}, verifies (mailauth)`
+            : f0.authResults.map((a) => a.replace(/\s+/g, ' ')).join(' | ');
         progress(`  probe ok (${probes}/${probes} through smtp-sink): ${probeNotes[key]!.slice(0, 400)}`);
 
         const roots = Object.fromEntries(running.map((r) => [r.kind, r.m.pid]));
@@ -366,7 +403,7 @@ async function main(): Promise<void> {
     out.push('  probes (relayed to smtp-sink, checked before measuring):');
     for (const t of targets) if (probeNotes[`${phase}/${t}`]) out.push(`    ${t.padEnd(20)} ${probeNotes[`${phase}/${t}`]}`);
   }
-  out.push('', 'mailwarden vs the peers (message rate through Postfix; milter CPU per message):');
+  const versus: string[] = [];
   for (const c of concurrency) {
     const get = (phase: Phase, t: TargetName) => rows.find((r) => r.phase === phase && r.target === t && r.concurrency === c);
     const line = (phase: Phase, peer: TargetName, label: string, target: string) => {
@@ -374,12 +411,36 @@ async function main(): Promise<void> {
       const other = get(phase, peer);
       if (!mw || !other) return;
       const disturbed = [mw, other].some((x) => x.otherCpuShare + x.stealShare >= QUIET);
-      out.push(`  ${phase.padEnd(6)} C=${String(c).padEnd(3)} mailwarden ${fmt(mw.messagesPerSecond)} msg/s vs ${label} ${fmt(other.messagesPerSecond)}: `
+      versus.push(`  ${phase.padEnd(6)} C=${String(c).padEnd(3)} mailwarden ${fmt(mw.messagesPerSecond)} msg/s vs ${label} ${fmt(other.messagesPerSecond)}: `
         + `${(mw.messagesPerSecond / other.messagesPerSecond).toFixed(2)}x (issue 5's target for the milter alone: ${target}); milter CPU ${fmt(sum(mw.milterCpuUs))} vs ${fmt(sum(other.milterCpuUs))} µs/msg`
         + `${disturbed ? ' (disturbed: other processes used the CPUs)' : ''}`);
     };
     line('verify', 'opendkim+opendmarc', 'OpenDKIM+OpenDMARC', '>= 2x');
     line('sign', 'opendkim', 'OpenDKIM', '>= 1x');
+  }
+  if (versus.length) out.push('', 'mailwarden vs the peers (message rate through Postfix; milter CPU per message):', ...versus);
+  // The do-nothing milter is the ceiling for any milter through this Postfix: what it costs is the
+  // protocol on both sides, which every milter pays; what a milter costs beyond it is its work.
+  const trivialRows = rows.filter((r) => r.target === 'trivial-milter');
+  if (trivialRows.length) {
+    out.push('', 'Against the do-nothing milter (trivial-milter: the ceiling for any milter through this Postfix):');
+    out.push(`  ${'phase'.padEnd(6)} ${'C'.padStart(3)} ${'target'.padEnd(20)} ${'msg/s'.padStart(6)} ${'of trivial'.padStart(10)} ${'milter µs'.padStart(9)} `
+      + `${'Postfix µs'.padStart(10)} ${'milter share'.padStart(12)} ${'µs above trivial'.padStart(16)}`);
+    for (const t of trivialRows) {
+      const base = sum(t.milterCpuUs) + t.postfixCpuUs;
+      for (const r of rows.filter((x) => x.phase === t.phase && x.concurrency === t.concurrency && x.target !== 'no-milter')) {
+        const milter = sum(r.milterCpuUs);
+        const disturbed = [r, t].some((x) => x.otherCpuShare + x.stealShare >= QUIET);
+        out.push(`  ${r.phase.padEnd(6)} ${String(r.concurrency).padStart(3)} ${r.target.padEnd(20)} ${fmt(r.messagesPerSecond).padStart(6)} `
+          + `${pct(r.messagesPerSecond / t.messagesPerSecond).padStart(10)} ${fmt(milter).padStart(9)} ${fmt(r.postfixCpuUs).padStart(10)} `
+          + `${pct(milter / (milter + r.postfixCpuUs)).padStart(12)} ${(r === t ? '-' : fmt(milter + r.postfixCpuUs - base)).padStart(16)}`
+          + `${disturbed ? ' (disturbed)' : ''}`);
+      }
+    }
+    out.push(`  of trivial: share of trivial-milter's rate at the same C. milter share: milter CPU / (milter + Postfix CPU) per message, the part `
+      + `of the MTA host's CPU the milter takes (smtp-source left out: it stands for remote clients). µs above trivial: (milter + Postfix) CPU per `
+      + `message minus trivial-milter's, what the milter's work costs the host beyond speaking the protocol (Postfix's share of a milter's `
+      + `cost, e.g. a second milter in the chain, included).`);
   }
   for (const [k, v] of Object.entries(failed)) out.push(`FAILED ${k}: ${v}`);
   if (Object.keys(spfSeen).length) {
@@ -388,7 +449,7 @@ async function main(): Promise<void> {
       + `without a lookup ("localhost is always allowed"), so its SPF check costs next to nothing here, while mailwarden evaluates the record (fail). `
       + `DMARC passes through the aligned DKIM signature either way.`);
   }
-  out.push(`ceiling: share of Postfix's rate without milters. ms/msg: C / rate (mean SMTP transaction, connect to QUIT; `
+  out.push(`ceiling: share of Postfix's rate without milters (no-milter). ms/msg: C / rate (mean SMTP transaction, connect to QUIT; `
     + `smtp-source reports no per-message latency). CPU: utime+stime per message from /proc, milter process tree(s) during the run, Postfix (master and all its `
     + `children) until the queue was empty, client = smtp-source. other: share of the ${cores} CPUs used by other processes (test DNS included) and steal during the run; `
     + `>= ${pct(QUIET)} = disturbed. authserv-id of mailwarden: ${AUTHSERV_ID}.`);
