@@ -15,7 +15,8 @@ import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
 import { hashPassword } from '../../src/directory/passwords.ts';
 import { DEFAULT_ARGON2 } from '../../src/config/load.ts';
-import { mailwardenAuthConf23, startDovecot, waitForDovecotLog, withDovecotLogs, writeMailwardenLua, type DovecotInstance } from '../support/dovecot.ts';
+import { mailwardenAuthConf23, startDovecot, withDovecotLogs, writeMailwardenLua, type DovecotInstance } from '../support/dovecot.ts';
+import { libhttpTransport, luaSocketRestartAndOutage, passwordChangeAndDisable } from '../support/dovecot-scenarios.ts';
 import { imapLogin, lmtpDeliver, openImap, pop3Login } from '../support/mail-clients.ts';
 import { startDaemon, type Daemon } from '../support/daemon.ts';
 import { sendMail, startPostfix, withPostfixLogs } from '../support/postfix.ts';
@@ -211,69 +212,17 @@ plugin {
       }
     }));
 
-  it('a password change and a disable take effect at once', () =>
-    withLogs(async () => {
-      assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'bob pw')).ok, true);
-      await admin().updateMailbox('bob@example.org', { passwordHash: await hashPassword('new bob pw', DEFAULT_ARGON2) });
-      await sleep(600); // the daemon notices the file within a second
-      assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'bob pw')).ok, false, 'old password refused (cache keyed by the stored hash)');
-      assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'new bob pw')).ok, true);
-      await admin().updateMailbox('bob@example.org', { enabled: false });
-      await sleep(600);
-      assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'new bob pw')).ok, false);
-    }));
-  it('LuaSocket: a mailwarden restart between two lookups goes unnoticed; mailwarden down is a temporary failure, not an unknown user', () =>
-    withLogs(async () => {
-      assert.match(await dovecot.logs(), /mailwarden\.lua: using the Dovecot 2\.3 API and LuaSocket/);
-      const lookup = async (what: string) => {
-        const r = await dovecot.doveadm(['user', 'alice@example.org']);
-        assert.equal(r.code, 0, `${what}: ${r.stdout}${r.stderr}`);
-      };
-      await lookup('before');
-      // The kept connections are closed by the stop: the next request finds its connection dead and reconnects.
-      await daemon.stop();
-      daemon = await startDaemon(config);
-      await lookup('right after a restart');
-      assert.equal((await imapLogin(dovecot.imapPort, 'alice@example.org', 'alice pw')).ok, true);
+  it('a password change and a disable take effect at once', () => withLogs(() => passwordChangeAndDisable(dovecot, admin, () => daemon)));
 
-      await daemon.stop();
-      try {
-        const user = await dovecot.doveadm(['user', 'alice@example.org']);
-        assert.equal(user.code, 75, `EX_TEMPFAIL, not 67 (unknown user): ${user.stdout}${user.stderr}`);
-        const login = await dovecot.doveadm(['auth', 'test', 'alice@example.org', 'alice pw']);
-        assert.match(login.stdout, /code=temp_fail/, login.stdout);
-        const imap = await imapLogin(dovecot.imapPort, 'alice@example.org', 'alice pw');
-        assert.match(imap.reply, /NO \[UNAVAILABLE\]/);
-        const lmtp = await lmtpDeliver(dovecot.lmtpPort, 'sender@client.example', ['alice@example.org'], 'Subject: x\r\n\r\nx\r\n');
-        assert.equal(lmtp.recipients[0]?.rcptReply.code, 451, `a 4xx, never 550: ${JSON.stringify(lmtp)}`);
-        const refused = /mailwarden userdb: connect to http:\/\/127\.0\.0\.1:\d+: connection refused/;
-        assert.match(await waitForDovecotLog(dovecot, refused), refused);
-      } finally {
-        daemon = await startDaemon(config);
-      }
-      await lookup('back up');
-    }));
+  it('LuaSocket: a mailwarden restart between two lookups goes unnoticed; mailwarden down is a temporary failure, not an unknown user', () =>
+    withLogs(() => luaSocketRestartAndOutage(dovecot, { get: () => daemon, set: (d) => (daemon = d), config }, '2.3')));
 
   it('TRANSPORT = "dovecot.http" (no lua-socket): login, lookup and iteration against mailwarden', async () => {
     const luaFile = join(tmp.path, 'mailwarden-libhttp.lua');
     await writeMailwardenLua(luaFile, { url: authUrl, secret: SECRET, timeoutMs: 3000, transport: 'dovecot.http' });
     const d = await startDovecot({ conf: await mailwardenAuthConf23(luaFile) });
     try {
-      await withDovecotLogs(d, async () => {
-        const ok = await d.doveadm(['auth', 'test', 'alice@example.org', 'alice pw']);
-        assert.equal(ok.code, 0, ok.stdout + ok.stderr);
-        assert.equal((await d.doveadm(['auth', 'test', 'alice@example.org', 'nope'])).code, 77);
-        const r = await d.doveadm(['user', 'alice@example.org']);
-        assert.equal(r.code, 0, r.stdout + r.stderr);
-        assert.match(r.stdout, /quota_rule\s+\*:bytes=1048576/);
-        assert.equal((await d.doveadm(['user', 'carol@example.org'])).code, 67);
-        const all = await d.doveadm(['user', '*']);
-        assert.equal(all.code, 0, all.stdout + all.stderr);
-        assert.ok(all.stdout.trim().split('\n').includes('olga@example.org'), all.stdout);
-        assert.equal((await imapLogin(d.imapPort, 'alice@example.org', 'alice pw')).ok, true);
-        const using = /mailwarden\.lua: using the Dovecot 2\.3 API and dovecot\.http, endpoint/;
-        assert.match(await waitForDovecotLog(d, using), using);
-      });
+      await libhttpTransport(d, '2.3', /quota_rule\s+\*:bytes=1048576/);
     } finally {
       await d.stop();
     }

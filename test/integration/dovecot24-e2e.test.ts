@@ -19,7 +19,8 @@ import { YamlDirectory } from '../../src/directory/yaml-backend.ts';
 import { DirectoryAdmin } from '../../src/directory/admin.ts';
 import { hashPassword } from '../../src/directory/passwords.ts';
 import { DEFAULT_ARGON2 } from '../../src/config/load.ts';
-import { mailwardenLuaScript, waitForDovecotLog, withDovecotLogs } from '../support/dovecot.ts';
+import { mailwardenLuaScript, withDovecotLogs } from '../support/dovecot.ts';
+import { libhttpTransport, luaSocketRestartAndOutage, passwordChangeAndDisable } from '../support/dovecot-scenarios.ts';
 import {
   AUTH_MAILWARDEN_CONF_24, MAILWARDEN_CONF_24, dovecot24SkipReason, shippedConf24, startDovecot24, type Dovecot24Instance,
 } from '../support/dovecot24.ts';
@@ -236,46 +237,10 @@ describe('Dovecot 2.4 + mailwarden (same Lua bridge, dovecot-conf/2.4 snippets, 
       assert.doesNotMatch(await dovecot.logs(), /Policy server (HTTP error|request failed|response)/i, 'every policy call was answered');
     }));
 
-  it('a password change and a disable take effect at once', () =>
-    withLogs(async () => {
-      assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'bob pw')).ok, true);
-      await admin().updateMailbox('bob@example.org', { passwordHash: await hashPassword('new bob pw', DEFAULT_ARGON2) });
-      await sleep(600); // the daemon notices the file within a second
-      assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'bob pw')).ok, false, 'old password refused');
-      assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'new bob pw')).ok, true);
-      await admin().updateMailbox('bob@example.org', { enabled: false });
-      await sleep(600);
-      assert.equal((await imapLogin(dovecot.imapPort, 'bob@example.org', 'new bob pw')).ok, false);
-      assert.equal((await dovecot.doveadm(['user', 'bob@example.org'])).code, 67);
-    }));
-  it('LuaSocket: a mailwarden restart between two lookups goes unnoticed; mailwarden down is a temporary failure, not an unknown user', () =>
-    withLogs(async () => {
-      assert.match(await dovecot.logs(), /mailwarden\.lua: using the Dovecot 2\.4 API and LuaSocket [\d.]+, endpoint http:/);
-      const lookup = async (what: string) => {
-        const r = await dovecot.doveadm(['user', 'alice@example.org']);
-        assert.equal(r.code, 0, `${what}: ${r.stdout}${r.stderr}`);
-      };
-      await lookup('before');
-      await daemon.stop();
-      daemon = await startDaemon(config);
-      await lookup('right after a restart');
-      assert.equal((await imapLogin(dovecot.imapPort, 'alice@example.org', 'alice pw')).ok, true);
+  it('a password change and a disable take effect at once', () => withLogs(() => passwordChangeAndDisable(dovecot, admin, () => daemon)));
 
-      await daemon.stop();
-      try {
-        const user = await dovecot.doveadm(['user', 'alice@example.org']);
-        assert.equal(user.code, 75, `EX_TEMPFAIL, not 67 (unknown user): ${user.stdout}${user.stderr}`);
-        const login = await dovecot.doveadm(['auth', 'test', 'alice@example.org', 'alice pw']);
-        assert.match(login.stdout, /code=temp_fail/, login.stdout);
-        const lmtp = await lmtpDeliver(dovecot.lmtpPort, 'sender@client.example', ['alice@example.org'], 'Subject: x\r\n\r\nx\r\n');
-        assert.equal(lmtp.recipients[0]?.rcptReply.code, 451, `a 4xx, never 550: ${JSON.stringify(lmtp)}`);
-        const refused = /mailwarden userdb: connect to http:\/\/127\.0\.0\.1:\d+: connection refused/;
-        assert.match(await waitForDovecotLog(dovecot, refused), refused);
-      } finally {
-        daemon = await startDaemon(config);
-      }
-      await lookup('back up');
-    }));
+  it('LuaSocket: a mailwarden restart between two lookups goes unnoticed; mailwarden down is a temporary failure, not an unknown user', () =>
+    withLogs(() => luaSocketRestartAndOutage(dovecot, { get: () => daemon, set: (d) => (daemon = d), config }, '2.4')));
 
   it('TRANSPORT = "dovecot.http" (no lua-socket) on 2.4: login, lookup and iteration against mailwarden', async () => {
     const d = await startDovecot24({
@@ -286,21 +251,7 @@ describe('Dovecot 2.4 + mailwarden (same Lua bridge, dovecot-conf/2.4 snippets, 
       },
     });
     try {
-      await withDovecotLogs(d, async () => {
-        const ok = await d.doveadm(['auth', 'test', 'alice@example.org', 'alice pw']);
-        assert.equal(ok.code, 0, ok.stdout + ok.stderr);
-        assert.equal((await d.doveadm(['auth', 'test', 'alice@example.org', 'nope'])).code, 77);
-        const r = await d.doveadm(['user', 'alice@example.org']);
-        assert.equal(r.code, 0, r.stdout + r.stderr);
-        assert.match(r.stdout, /quota_storage_size\s+1048576B\n/);
-        assert.equal((await d.doveadm(['user', 'carol@example.org'])).code, 67);
-        const all = await d.doveadm(['user', '*']);
-        assert.equal(all.code, 0, all.stdout + all.stderr);
-        assert.ok(all.stdout.trim().split('\n').includes('olga@example.org'), all.stdout);
-        assert.equal((await imapLogin(d.imapPort, 'alice@example.org', 'alice pw')).ok, true);
-        const using = /mailwarden\.lua: using the Dovecot 2\.4 API and dovecot\.http, endpoint/;
-        assert.match(await waitForDovecotLog(d, using), using);
-      });
+      await libhttpTransport(d, '2.4', /quota_storage_size\s+1048576B\n/);
     } finally {
       await d.stop();
     }
