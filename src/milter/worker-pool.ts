@@ -206,6 +206,11 @@ export class AuthWorkerPool {
     return n;
   }
 
+  /** Messages in flight per worker slot: tests. */
+  get busyPerWorker(): number[] {
+    return this.#slots.map((s) => s?.busy ?? 0);
+  }
+
   /** The live workers' thread ids (a replaced worker has a new one): tests. */
   get threadIds(): number[] {
     return this.#slots.flatMap((s) => (s?.alive ? [s.worker.threadId] : []));

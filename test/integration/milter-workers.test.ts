@@ -379,7 +379,8 @@ describe('milter auth worker threads: a worker dies', () => {
       const cmds = messages.map((m, i) => [...prologue(`${how}${i}@remote.test`), ...packets(m)].map(encodeCommand));
       // Everything but the last 20 body chunks and EOM.
       for (const [i, c] of conns.entries()) c.write(Buffer.concat(cmds[i]!.slice(0, -21)));
-      await sleep(300);
+      for (let i = 0; i < 500 && !pool.busyPerWorker.every((n) => n > 0); i++) await sleep(20);
+      assert.deepEqual(pool.busyPerWorker, [1, 1], 'one message in flight per worker');
       pool.crashWorkerForTest(0, how);
       await sleep(100);
       for (const [i, c] of conns.entries()) c.write(Buffer.concat(cmds[i]!.slice(-21)));
