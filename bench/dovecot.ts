@@ -41,6 +41,8 @@ const USAGE = `usage: node bench/dovecot.ts [options]
                           restarted before each run (empty cache); repeated = the --hot-users again and again
   --hot-users N           mailboxes the repeated lookups cycle over, each looked up once right before the run (default 5000)
   --concurrency LIST      connections for userdb lookups (default 1,10,50)
+  --preload yes|no        set directory.preload (default: mailwarden's default, on); after each start the bench waits
+                          until mailwarden's CPU is idle (the preload done) and reports its RSS
   --lua-blocking yes|no   the Lua passdb/userdb in auth-workers (yes, as shipped) or in the auth process itself (no)
   --login-concurrency LIST  connections for logins (default 1,10)
   --repeat N              run every row N times and report the median run (default 1)
@@ -68,6 +70,7 @@ interface Options {
   lookups: Array<'first' | 'repeated'>;
   hotUsers: number;
   luaBlocking: boolean;
+  preload: boolean | undefined;
   concurrency: number[];
   loginConcurrency: number[];
   repeat: number;
@@ -97,7 +100,7 @@ function parseOptions(argv: string[]): Options {
     args: argv,
     options: {
       seconds: { type: 'string' }, warmup: { type: 'string' }, only: { type: 'string' }, ops: { type: 'string' },
-      lookups: { type: 'string' }, 'hot-users': { type: 'string' }, 'lua-blocking': { type: 'string' },
+      lookups: { type: 'string' }, 'hot-users': { type: 'string' }, 'lua-blocking': { type: 'string' }, preload: { type: 'string' },
       concurrency: { type: 'string' }, 'login-concurrency': { type: 'string' }, repeat: { type: 'string' },
       mailboxes: { type: 'string' }, domains: { type: 'string' }, 'first-logins': { type: 'string' }, 'login-users': { type: 'string' },
       seed: { type: 'string' }, 'pool-size': { type: 'string' }, mailwarden: { type: 'string' }, rev: { type: 'string' }, 'cpu-prof': { type: 'string' },
@@ -137,6 +140,7 @@ function parseOptions(argv: string[]): Options {
     lookups: list('lookups', values.lookups, ['first', 'repeated'] as const),
     hotUsers: Math.floor(num('hot-users', values['hot-users'], 5000, 1)),
     luaBlocking: list('lua-blocking', values['lua-blocking'] ?? 'yes', ['yes', 'no'] as const)[0] !== 'no',
+    preload: values.preload === undefined ? undefined : list('preload', values.preload, ['yes', 'no'] as const)[0] === 'yes',
     concurrency: ints('concurrency', values.concurrency, '1,10,50'),
     loginConcurrency,
     repeat: Math.floor(num('repeat', values.repeat, 1, 1)),
@@ -248,6 +252,37 @@ async function argon2Cost(params: Argon2Params, n: number): Promise<Argon2Cost> 
 }
 
 // --- helpers ---
+
+/** Waits until `pid` uses less than 10 % of a core over two 250 ms samples in a row; returns the time waited. */
+async function waitForIdleProcess(pid: number, timeoutMs: number): Promise<number> {
+  const started = Date.now();
+  const cpu = () => {
+    try {
+      const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return (Number(fields[11]) + Number(fields[12])) * 10; // clock ticks (100/s) -> ms
+    } catch {
+      return NaN;
+    }
+  };
+  let calm = 0;
+  while (Date.now() - started < timeoutMs && calm < 2) {
+    const before = cpu();
+    await sleep(250);
+    const used = cpu() - before;
+    calm = used < 25 ? calm + 1 : 0;
+    if (Number.isNaN(used)) break;
+  }
+  return Date.now() - started;
+}
+
+function rssMiB(pid: number): string {
+  try {
+    const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+    return (kb / 1024).toFixed(0);
+  } catch {
+    return '?';
+  }
+}
 
 function waitForPort(port: number, timeoutMs: number, alive: () => boolean, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -429,6 +464,7 @@ async function main(): Promise<void> {
         const authPort = await freePort();
         writeFileSync(mwConfig, mailwardenConfig({
           mysqlUrl, vmail, ...nobody, authPort, secret, dictSocket, argon2: params, poolSize: opts.poolSize,
+          ...(opts.preload === undefined ? {} : { preload: opts.preload }),
         }), { mode: 0o644 });
         let starts = 0;
         startMailwarden = async () => {
@@ -445,7 +481,9 @@ async function main(): Promise<void> {
           } catch (err) {
             throw new Error(`${(err as Error).message}\n${d.logTail()}`);
           }
-          progress(`  mailwarden pid ${d.pid} answering after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+          // A preload runs in the background after start: "first" lookups are measured once it is done.
+          const idleAfter = await waitForIdleProcess(d.pid, 60_000);
+          progress(`  mailwarden pid ${d.pid} answering after ${((Date.now() - started) / 1000).toFixed(1)} s, idle after ${(idleAfter / 1000).toFixed(1)} s, RSS ${rssMiB(d.pid)} MiB`);
           cpuPids['server'] = d.pid;
           return d;
         };

@@ -150,6 +150,8 @@ export interface MailwardenSettings {
   readonly dictSocket: string;
   readonly argon2: { readonly memoryCost: number; readonly timeCost: number; readonly parallelism: number };
   readonly poolSize: number;
+  /** directory.preload; absent = the default (on, for a mailwarden that has it). */
+  readonly preload?: boolean;
 }
 
 /** mailwarden.yaml: MariaDB directory, auth (HTTP on loopback) and dict, settings at their defaults otherwise. */
@@ -161,6 +163,7 @@ export function mailwardenConfig(s: MailwardenSettings): string {
     `  url: ${JSON.stringify(s.mysqlUrl)}`,
     `  pool_size: ${s.poolSize}`,
     '  query_timeout: 2s',
+    ...(s.preload === undefined ? [] : [`  preload: ${s.preload}`]),
     'log:',
     '  level: warn',
     'passwords:',

@@ -4,15 +4,19 @@
 // "unknown user"; a wrong password, a disabled account and an unknown user
 // cost the same time and look the same to the client.
 //
-// Answers come from a per-user cache (answer-cache.ts) dropped on every
-// directory change, so a repeated lookup or login does not ask MariaDB, and the
-// answer objects are the same on every hit (transports memoize their encoding).
+// Answers come from a per-user cache (answer-cache.ts) whose entries are
+// dropped when the directory reports a change of that mailbox, so a repeated
+// lookup or login does not ask MariaDB, and the answer objects are the same on
+// every hit (transports memoize their encoding). A user not asked about before
+// is answered from the directory's rows in memory when they are there
+// (`rows`: the lookup service's RowCache, preloaded), synchronously too.
 import type { Logger } from 'pino';
 import type { UserdbConfig } from '../config/load.ts';
 import { addressKey, parseAddress } from '../core/address.ts';
 import { DirectoryError, type DirectoryBackend, type Mailbox } from '../directory/types.ts';
 import { hashScheme } from '../directory/passwords.ts';
 import { AnswerCache, memoAnswer, type AnswerCacheSettings, type UserEntry } from './answer-cache.ts';
+import { MISS, type RowCache } from '../lookup/row-cache.ts';
 
 export type DovecotVersion = '2.3' | '2.4';
 export type Fields = Record<string, string | number>;
@@ -43,8 +47,10 @@ export interface LoginContext {
 export interface DovecotAuthOptions {
   readonly userdb: UserdbConfig;
   readonly rehash: boolean;
-  /** Per-user answer cache, dropped on every directory change; absent (or 0) = every request reads the directory. */
+  /** Per-user answer cache, dropped by directory changes; absent (or 0) = every request reads the directory. */
   readonly cache?: AnswerCacheSettings;
+  /** The directory's rows in memory (shared with the lookup service): mailboxes are read from here first. */
+  readonly rows?: RowCache;
   /**
    * last_login is a "last seen" date: a login writes it at most this often per
    * user (default 60 s), so an IMAP client reconnecting every few seconds
@@ -78,7 +84,7 @@ export class DovecotAuth {
       // A reload builds a new DovecotAuth on the same directory, which has no way to unsubscribe:
       // the weak reference lets the old cache go.
       const cache = new WeakRef(this.#cache);
-      dir.onChange(() => cache.deref()?.flush());
+      dir.onChange((change) => cache.deref()?.changed(change));
     }
   }
 
@@ -146,8 +152,18 @@ export class DovecotAuth {
     return entry && this.#passdbAnswer(entry, version, true);
   }
 
+  /** The user's cached entry, or one made from the mailbox row in memory; undefined when the database must be asked. */
   #peek(userInput: string): UserEntry | undefined {
-    return this.#cache.enabled ? this.#cache.get(userInput, Date.now()) : undefined;
+    if (!this.#cache.enabled) return undefined;
+    const now = Date.now();
+    const hit = this.#cache.get(userInput, now);
+    if (hit) return hit;
+    const rows = this.#options.rows;
+    if (!rows) return undefined;
+    const user = canonicalUser(userInput);
+    const mailbox = user ? rows.peek('mailbox', user) : undefined;
+    if (mailbox === MISS) return undefined;
+    return this.#cache.set(userInput, mailbox, this.#cache.generation, now, user);
   }
 
   /** The user's cached entry, or the row read from the directory (and cached). Throws DirectoryError when it cannot answer. */
@@ -156,8 +172,8 @@ export class DovecotAuth {
     if (hit) return hit;
     const generation = this.#cache.generation;
     const user = canonicalUser(userInput);
-    const mailbox = user ? await this.#dir.findMailbox(user) : undefined;
-    return this.#cache.set(userInput, mailbox, generation, Date.now());
+    const mailbox = user ? await (this.#options.rows ?? this.#dir).findMailbox(user) : undefined;
+    return this.#cache.set(userInput, mailbox, generation, Date.now(), user);
   }
 
   #userdbAnswer(entry: UserEntry, version: DovecotVersion): UserdbResult {

@@ -22,6 +22,8 @@ export type DirectoryConfig =
       readonly queryTimeoutMs: number;
       readonly cacheTtlMs: number;
       readonly cacheSize: number;
+      /** Load every domain, mailbox, alias and grant into memory at start (default true; absent = true). */
+      readonly preload?: boolean;
     };
 
 export interface UnixListenOptions {
@@ -245,7 +247,7 @@ function readPolicy(r: NodeReader, auth: YAMLMap | undefined): PolicySettings {
 
 function readDirectory(r: NodeReader, top: YAMLMap | undefined, base: string): DirectoryConfig {
   const sec = r.section(top, 'directory', 'directory', [
-    'backend', 'path', 'url', 'pool_size', 'query_timeout', 'cache_ttl', 'cache_size',
+    'backend', 'path', 'url', 'pool_size', 'query_timeout', 'cache_ttl', 'cache_size', 'preload',
   ]);
   if (!sec) {
     r.fail(top ?? null, 'missing required section: directory');
@@ -269,6 +271,7 @@ function readDirectory(r: NodeReader, top: YAMLMap | undefined, base: string): D
       queryTimeoutMs: r.duration(sec, 'query_timeout', 'directory.query_timeout') ?? 2000,
       cacheTtlMs: r.duration(sec, 'cache_ttl', 'directory.cache_ttl') ?? 60_000,
       cacheSize: r.integer(sec, 'cache_size', 'directory.cache_size', 0, 100_000_000) ?? 1_000_000,
+      preload: r.boolean(sec, 'preload', 'directory.preload') ?? true,
     };
   }
   r.fail(r.node(sec, 'backend'), `directory.backend must be yaml or mysql, got ${JSON.stringify(backend)}`);

@@ -237,7 +237,7 @@ export class Daemon {
 
   #lookups(config: Config, directory: OpenedDirectory): LookupService {
     const cache = config.directory.backend === 'mysql'
-      ? { cacheTtlMs: config.directory.cacheTtlMs, cacheSize: config.directory.cacheSize }
+      ? { cacheTtlMs: config.directory.cacheTtlMs, cacheSize: config.directory.cacheSize, preload: config.directory.preload ?? true }
       // The YAML directory changes only by reload, which flushes the cache: the TTL is a mere backstop.
       : { cacheTtlMs: 3_600_000, cacheSize: 1_000_000 };
     return new LookupService(directory, { recipientDelimiter: config.recipientDelimiter, ...cache }, this.log.child({ service: 'lookup' }));
@@ -256,7 +256,9 @@ export class Daemon {
     }
     // Created once; a successful reload only changes its thresholds (reload() below).
     if (auth && !this.#policy) this.#policy = new BruteForcePolicy(auth.policy);
-    const dovecot = new DovecotAuth(directory, this.#verifier, { userdb: config.userdb, rehash: auth?.rehash ?? true, cache: dovecotCacheSettings(config) }, this.log.child({ service: 'dovecot-auth' }));
+    const dovecot = new DovecotAuth(directory, this.#verifier, {
+      userdb: config.userdb, rehash: auth?.rehash ?? true, cache: dovecotCacheSettings(config), ...(lookups.rows ? { rows: lookups.rows } : {}),
+    }, this.log.child({ service: 'dovecot-auth' }));
     const spfMemory = new SpfMemory();
     const policy = config.policy
       ? new PolicyEngine({
@@ -356,7 +358,7 @@ export class Daemon {
       } else if ('reload' in directory && typeof directory.reload === 'function') {
         (directory.reload as () => boolean)();
       }
-      let state: Running;
+      let state: Running | undefined;
       let store: PolicyStateStore | undefined;
       const previousStore = this.#policyState;
       try {
@@ -369,12 +371,15 @@ export class Daemon {
         this.log.error({ err: (err as Error).message }, 'reload: a service failed to start, keeping the running configuration');
         if (store && store !== previousStore?.store) await store.close().catch(() => undefined);
         this.#policyState = previousStore;
+        if (state && state.lookups !== old.lookups) state.lookups.close();
         if (directory !== old.directory) await directory.close();
         return false;
       }
       if (previousStore && previousStore.store !== store) await previousStore.store.close().catch(() => undefined);
       this.#state = state;
       if (config.auth) this.#policy?.configure(config.auth.policy);
+      // A new lookup service (new directory or recipient_delimiter): the old one's background preload stops.
+      if (state.lookups !== old.lookups) old.lookups.close();
       if (directory !== old.directory) await old.directory.close();
       this.log.info({ config: config.file, services: serviceList(config) }, 'configuration reloaded');
       return true;
@@ -389,6 +394,7 @@ export class Daemon {
     this.#state = undefined;
     await Promise.all([...s.listeners.values()].map((l) => l.close(SHUTDOWN_GRACE_MS)));
     await this.#adoptPolicyState(s.directory, undefined);
+    s.lookups.close();
     await s.directory.close();
     this.log.info('mailwarden stopped');
   }

@@ -1,6 +1,7 @@
 // The MySQL/MariaDB directory. Point reads are single primary-key lookups; a
 // lookup cache sits above this class (remote = true) and is invalidated through
-// onChange(), which is driven by the change serial every write bumps.
+// onChange(), which is driven by the change serial every write bumps and the
+// change log (change_log) that says which rows each serial touched.
 //
 // Failure model: every call has one deadline (queryTimeoutMs) that covers
 // waiting for a pool connection, connecting and all statements, because a
@@ -14,8 +15,9 @@ import { PointReads, placeholders } from './point-reads.ts';
 import { parseMysqlUrl } from './mysql-url.ts';
 import { SCHEMA_VERSION } from './mysql-schema.ts';
 import {
-  DirectoryError, type Alias, type AliasPatch, type DirectoryBackend, type Domain, type DomainPatch, type DomainUsage,
-  type Mailbox, type MailboxActivity, type MailboxPatch, type QuotaUsageChange, type SenderGrant,
+  ALL_CHANGED, DirectoryError, type Alias, type AliasPatch, type ChangedKey, type ChangeKind, type DirectoryBackend,
+  type DirectoryChange, type DirectoryPages, type Domain, type DomainPatch, type DomainUsage, type Mailbox,
+  type MailboxActivity, type MailboxPatch, type QuotaUsageChange, type SenderGrant,
 } from './types.ts';
 
 export type MysqlDirectoryConfig = Extract<DirectoryConfig, { backend: 'mysql' }>;
@@ -24,8 +26,15 @@ const POLL_MS = 1000;
 const POLL_WARN_EVERY_MS = 60_000;
 /** Listings are admin operations over possibly millions of rows: bounded, but not by the hot-path deadline. */
 const LIST_TIMEOUT_MS = 60_000;
-/** Rows per multi-row INSERT of alias targets (keeps the number of distinct prepared statements small). */
+/** Rows per multi-row INSERT of alias targets and change-log rows (keeps the number of distinct prepared statements small). */
 const TARGET_CHUNK = 100;
+/** Change-log rows are kept for this many serials; a reader further behind drops everything. */
+const CHANGE_LOG_KEEP = 10_000;
+/** Every this many serials a write also trims the log (a primary-key range delete, in the same transaction). */
+const CHANGE_LOG_TRIM_EVERY = 100;
+/** A poll reads at most this many change-log rows; more means "everything changed" (a bulk import). */
+const CHANGE_LOG_READ_MAX = 10_000;
+const CHANGE_KINDS: ReadonlySet<string> = new Set<ChangeKind>(['domain', 'mailbox', 'alias', 'grant']);
 /** Fatal errors that mean "this pooled connection was already dead": safe to retry a read on a fresh one. */
 const STALE_CONNECTION = new Set(['ECONNRESET', 'PROTOCOL_CONNECTION_LOST', 'EPIPE']);
 /** Errors that no amount of waiting fixes: fail `open()` loudly instead of starting a daemon that only defers. */
@@ -58,7 +67,7 @@ class DeadlineError extends Error {}
 type Conn = PoolConnection;
 type Value = string | number | boolean | Date | null;
 
-export class MysqlDirectory implements DirectoryBackend {
+export class MysqlDirectory implements DirectoryBackend, DirectoryPages {
   readonly kind = 'mysql' as const;
   readonly remote = true;
   readonly display: string;
@@ -67,8 +76,10 @@ export class MysqlDirectory implements DirectoryBackend {
   readonly #timeoutMs: number;
   #schemaChecked = false;
   #opening = true;
-  #serial: string | undefined;
-  #listeners: Array<() => void> = [];
+  #serial: number | undefined;
+  #listeners: Array<(change: DirectoryChange) => void> = [];
+  /** Changes heard (own writes and polls): keyed = from the change log, all = fell back to "everything changed". */
+  readonly changeStats = { keyed: 0, all: 0 };
   #timer: NodeJS.Timeout | undefined;
   #polling = false;
   #pollFailures = 0;
@@ -113,7 +124,7 @@ export class MysqlDirectory implements DirectoryBackend {
     this.#timer.unref();
   }
 
-  onChange(listener: () => void): void {
+  onChange(listener: (change: DirectoryChange) => void): void {
     this.#listeners.push(listener);
   }
 
@@ -219,6 +230,7 @@ export class MysqlDirectory implements DirectoryBackend {
       await insert(c, `domain ${d.name} already exists`,
         'INSERT INTO domain (name, alias_for, enabled, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)',
         [d.name, d.aliasFor ?? null, d.enabled, d.description ?? null, d.created, d.updated]);
+      return [{ kind: 'domain', name: d.name }];
     });
   }
 
@@ -226,15 +238,19 @@ export class MysqlDirectory implements DirectoryBackend {
     const set = assignments({ enabled: patch.enabled, description: patch.description });
     return this.#write('update domain', async (c) => {
       await mustAffect(c, `domain ${name} does not exist`, `UPDATE domain SET ${set.sql} WHERE name = ?`, [...set.values, name]);
+      return [{ kind: 'domain', name }];
     });
   }
 
   deleteDomain(name: string): Promise<void> {
     return this.#write('delete domain', async (c) => {
-      // Mailboxes and aliases (and their targets) go by ON DELETE CASCADE.
+      // Mailboxes and aliases (and their targets) go by ON DELETE CASCADE; a domain in the
+      // change log stands for everything in it, so only the domains themselves are logged.
+      const [aliasDomains] = await c.execute<RowDataPacket[]>('SELECT name FROM domain WHERE alias_for = ? FOR UPDATE', [name]);
       await mustAffect(c, `domain ${name} does not exist`, 'DELETE FROM domain WHERE name = ?', [name]);
       await c.execute('DELETE FROM domain WHERE alias_for = ?', [name]);
       await c.execute('DELETE FROM sender_grant WHERE domain = ?', [name]);
+      return [name, ...aliasDomains.map((r) => String(r['name']))].map((n): ChangedKey => ({ kind: 'domain', name: n }));
     });
   }
 
@@ -245,6 +261,7 @@ export class MysqlDirectory implements DirectoryBackend {
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
         [m.address, m.domain, m.name ?? null, m.passwordHash ?? null, m.quotaBytes, m.enabled, m.created, m.updated],
         `domain ${m.domain} does not exist`);
+      return [{ kind: 'mailbox', name: m.address }];
     });
   }
 
@@ -252,12 +269,14 @@ export class MysqlDirectory implements DirectoryBackend {
     const set = assignments({ name: patch.name, password_hash: patch.passwordHash, quota_bytes: patch.quotaBytes, enabled: patch.enabled });
     return this.#write('update mailbox', async (c) => {
       await mustAffect(c, `mailbox ${address} does not exist`, `UPDATE mailbox SET ${set.sql} WHERE address = ?`, [...set.values, address]);
+      return [{ kind: 'mailbox', name: address }];
     });
   }
 
   deleteMailbox(address: string): Promise<void> {
     return this.#write('delete mailbox', async (c) => {
       await mustAffect(c, `mailbox ${address} does not exist`, 'DELETE FROM mailbox WHERE address = ?', [address]);
+      return [{ kind: 'mailbox', name: address }];
     });
   }
 
@@ -267,6 +286,7 @@ export class MysqlDirectory implements DirectoryBackend {
         'INSERT INTO alias (address, domain, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?)',
         [a.address, a.domain, a.enabled, a.created, a.updated], `domain ${a.domain} does not exist`);
       await insertTargets(c, a.address, a.targets);
+      return [{ kind: 'alias', name: a.address }];
     });
   }
 
@@ -274,15 +294,18 @@ export class MysqlDirectory implements DirectoryBackend {
     const set = assignments({ enabled: patch.enabled });
     return this.#write('update alias', async (c) => {
       await mustAffect(c, `alias ${address} does not exist`, `UPDATE alias SET ${set.sql} WHERE address = ?`, [...set.values, address]);
-      if (patch.targets === undefined) return;
-      await c.execute('DELETE FROM alias_target WHERE alias_address = ?', [address]);
-      await insertTargets(c, address, patch.targets);
+      if (patch.targets !== undefined) {
+        await c.execute('DELETE FROM alias_target WHERE alias_address = ?', [address]);
+        await insertTargets(c, address, patch.targets);
+      }
+      return [{ kind: 'alias', name: address }];
     });
   }
 
   deleteAlias(address: string): Promise<void> {
     return this.#write('delete alias', async (c) => {
       await mustAffect(c, `alias ${address} does not exist`, 'DELETE FROM alias WHERE address = ?', [address]);
+      return [{ kind: 'alias', name: address }];
     });
   }
 
@@ -290,6 +313,7 @@ export class MysqlDirectory implements DirectoryBackend {
     return this.#write('insert sender grant', async (c) => {
       await insert(c, `${g.login} may already send as ${g.address}`,
         'INSERT INTO sender_grant (address, login, created_at) VALUES (?, ?, ?)', [g.address, g.login, g.created]);
+      return [{ kind: 'grant', name: g.address }];
     });
   }
 
@@ -297,6 +321,7 @@ export class MysqlDirectory implements DirectoryBackend {
     return this.#write('delete sender grant', async (c) => {
       await mustAffect(c, `no grant for ${login} to send as ${address}`,
         'DELETE FROM sender_grant WHERE address = ? AND login = ?', [address, login]);
+      return [{ kind: 'grant', name: address }];
     });
   }
 
@@ -352,20 +377,23 @@ export class MysqlDirectory implements DirectoryBackend {
     return this.#run(what, async (c) => (await c.execute<T[]>(sql, params))[0], { retry: true, timeoutMs });
   }
 
-  async #write(what: string, body: (c: Conn) => Promise<void>): Promise<void> {
+  async #write(what: string, body: (c: Conn) => Promise<readonly ChangedKey[]>): Promise<void> {
     // Until COMMIT is sent, a dead connection means the server rolls the transaction
     // back, so retrying is as safe as for a read. A connection lost during COMMIT is not.
     let committing = false;
-    const serial = await this.#run(what, async (c) => {
+    const { serial, touched } = await this.#run(what, async (c) => {
       committing = false;
       await c.beginTransaction();
       try {
-        await body(c);
+        const touched = await body(c);
+        // The UPDATE locks the serial row until COMMIT: serials commit in the order they are taken.
         await c.execute("UPDATE mailwarden_meta SET value = CAST(value AS UNSIGNED) + 1 WHERE name = 'serial'");
         const [rows] = await c.execute<RowDataPacket[]>("SELECT value FROM mailwarden_meta WHERE name = 'serial'");
+        const serial = Number(rows[0]?.['value']);
+        await logChanges(c, serial, touched);
         committing = true;
         await c.commit();
-        return String(rows[0]?.['value']);
+        return { serial, touched };
       } catch (err) {
         // A connection that cannot roll back may still hold an open transaction: never reuse it.
         if (!committing) await c.rollback().catch(() => c.destroy());
@@ -373,8 +401,35 @@ export class MysqlDirectory implements DirectoryBackend {
         throw err;
       }
     }, { retry: () => !committing });
-    // Our own write: tell listeners now (like the YAML backend), and do not tell them again on the next poll.
-    this.#noteSerial(serial);
+    // Our own write: tell listeners now (like the YAML backend). The poll skips it when it was the
+    // next serial; after a gap (writes elsewhere not yet polled) the poll reads it again with the others.
+    const change: DirectoryChange = { all: false, keys: touched };
+    if (this.#serial !== undefined && serial === this.#serial + 1) this.#serial = serial;
+    this.#emit(change);
+  }
+
+  // --- pages, for caches that preload the whole directory (keyset pagination: each page a primary-key range) ---
+
+  async pageDomains(after: string, limit: number): Promise<Domain[]> {
+    return (await this.#read<DomainRow>('page domains', `SELECT ${DOMAIN_COLS} FROM domain WHERE name > ? ORDER BY name LIMIT ${pageLimit(limit)}`, [after], LIST_TIMEOUT_MS)).map(toDomain);
+  }
+
+  async pageMailboxes(after: string, limit: number): Promise<Mailbox[]> {
+    return (await this.#read<MailboxRow>('page mailboxes', `SELECT ${MAILBOX_COLS} FROM mailbox WHERE address > ? ORDER BY address LIMIT ${pageLimit(limit)}`, [after], LIST_TIMEOUT_MS)).map(toMailbox);
+  }
+
+  async pageAliases(after: string, limit: number): Promise<Alias[]> {
+    const rows = await this.#read<AliasRow>('page aliases',
+      `SELECT a.address, a.domain, a.enabled, a.created_at, a.updated_at, t.target
+       FROM (SELECT address, domain, enabled, created_at, updated_at FROM alias WHERE address > ? ORDER BY address LIMIT ${pageLimit(limit)}) a
+       LEFT JOIN alias_target t ON t.alias_address = a.address ORDER BY a.address, t.position`, [after], LIST_TIMEOUT_MS);
+    return toAliases(rows);
+  }
+
+  async pageSenderGrants(after: { readonly address: string; readonly login: string }, limit: number): Promise<SenderGrant[]> {
+    return (await this.#read<GrantRow>('page sender grants',
+      `SELECT ${GRANT_COLS} FROM sender_grant WHERE address > ? OR (address = ? AND login > ?) ORDER BY address, login LIMIT ${pageLimit(limit)}`,
+      [after.address, after.address, after.login], LIST_TIMEOUT_MS)).map(toGrant);
   }
 
   /**
@@ -458,7 +513,8 @@ export class MysqlDirectory implements DirectoryBackend {
       this.log?.warn({ directory: this.display, version, expected: SCHEMA_VERSION }, 'database schema is newer than this mailwarden');
     }
     this.#schemaChecked = true;
-    this.#serial ??= value('serial');
+    const serial = value('serial');
+    if (this.#serial === undefined && serial !== undefined) this.#serial = Number(serial);
   }
 
   #toDirectoryError(err: unknown, what: string, timeoutMs: number): DirectoryError {
@@ -481,7 +537,13 @@ export class MysqlDirectory implements DirectoryBackend {
       }
       this.#pollFailures = 0;
       this.#lastPollWarn = 0;
-      this.#noteSerial(String(row?.['value']));
+      const serial = Number(row?.['value']);
+      const from = this.#serial;
+      if (serial === from) return;
+      // Never polled before (the database was down at start): nothing is known about what happened.
+      const change = from === undefined || !(serial > from) ? ALL_CHANGED : await this.#readChanges(from, serial);
+      if (this.#serial === undefined || serial > this.#serial || !(serial > from!)) this.#serial = serial;
+      this.#emit(change);
     } catch (err) {
       this.#pollFailures++;
       const now = Date.now();
@@ -494,12 +556,40 @@ export class MysqlDirectory implements DirectoryBackend {
     }
   }
 
-  #noteSerial(serial: string): void {
-    if (serial === this.#serial) return;
-    this.#serial = serial;
+  /** What serials (from, to] touched: their change-log rows, or everything when any serial has none. */
+  async #readChanges(from: number, to: number): Promise<DirectoryChange> {
+    if (to - from > CHANGE_LOG_READ_MAX) return this.#gap(from, to, 'too many changes');
+    const rows = await this.#read<RowDataPacket>('read change log',
+      `SELECT serial, kind, name FROM change_log WHERE serial > ? AND serial <= ? ORDER BY serial LIMIT ${CHANGE_LOG_READ_MAX + 1}`,
+      [from, to]);
+    if (rows.length > CHANGE_LOG_READ_MAX) return this.#gap(from, to, 'too many changes');
+    const serials = new Set<number>();
+    const keys: ChangedKey[] = [];
+    for (const r of rows) {
+      const kind = String(r['kind']);
+      if (!CHANGE_KINDS.has(kind)) return this.#gap(from, to, `unknown change kind ${kind}`);
+      serials.add(Number(r['serial']));
+      keys.push({ kind: kind as ChangeKind, name: String(r['name']) });
+    }
+    // A writer that does not log (an older mailwarden, a hand edit that bumped the serial) or trimmed rows.
+    if (serials.size !== to - from) return this.#gap(from, to, 'serials missing from the change log');
+    return { all: false, keys };
+  }
+
+  #gap(from: number, to: number, why: string): DirectoryChange {
+    this.log?.info({ directory: this.display, from, to, why }, 'directory changed: dropping every cached answer');
+    return ALL_CHANGED;
+  }
+
+  #emit(change: DirectoryChange): void {
+    if (change.all) this.changeStats.all++;
+    else this.changeStats.keyed++;
+    if (this.log?.isLevelEnabled('debug')) {
+      this.log.debug({ directory: this.display, changed: change.all ? 'all' : change.keys.map((k) => `${k.kind} ${k.name}`) }, 'directory changed');
+    }
     for (const listener of this.#listeners) {
       try {
-        listener();
+        listener(change);
       } catch (err) {
         this.log?.error({ err }, 'directory change listener failed');
       }
@@ -538,6 +628,24 @@ function assignments(fields: Record<string, Value | undefined>): { sql: string; 
   cols.push('updated_at = ?');
   values.push(new Date());
   return { sql: cols.join(', '), values };
+}
+
+/** One change-log row per touched entity; every CHANGE_LOG_TRIM_EVERY serials, rows older than CHANGE_LOG_KEEP serials go. */
+async function logChanges(c: Conn, serial: number, touched: readonly ChangedKey[]): Promise<void> {
+  const unique = [...new Map(touched.map((k) => [`${k.kind}\0${k.name}`, k])).values()];
+  for (let i = 0; i < unique.length; i += TARGET_CHUNK) {
+    const chunk = unique.slice(i, i + TARGET_CHUNK);
+    await c.execute(`INSERT INTO change_log (serial, kind, name) VALUES ${chunk.map(() => '(?, ?, ?)').join(', ')}`,
+      chunk.flatMap((k) => [serial, k.kind, k.name]));
+  }
+  if (serial % CHANGE_LOG_TRIM_EVERY === 0 && serial > CHANGE_LOG_KEEP) {
+    await c.execute('DELETE FROM change_log WHERE serial <= ?', [serial - CHANGE_LOG_KEEP]);
+  }
+}
+
+/** Page sizes are inlined (LIMIT ? is not portable in prepared statements); always a small positive integer. */
+function pageLimit(limit: number): number {
+  return Math.max(1, Math.min(100_000, Math.floor(limit)));
 }
 
 async function insertTargets(c: Conn, address: string, targets: readonly string[]): Promise<void> {

@@ -1,7 +1,8 @@
 // The MySQL/MariaDB schema as an ordered list of migrations.
 //
 // mailwarden_meta holds 'schema_version' (the last applied step) and 'serial'
-// (the change serial every write bumps; daemons poll it to drop caches).
+// (the change serial every write bumps; daemons poll it, and read change_log
+// for what each serial touched, to drop those rows from their caches).
 // MySQL commits DDL implicitly, so a step cannot be atomic: every statement is
 // written to be re-runnable (IF NOT EXISTS...), and the version is recorded
 // after the step, so a step interrupted half-way is simply run again.
@@ -128,6 +129,22 @@ export const MIGRATIONS: readonly Migration[] = [
         last_pass BIGINT NOT NULL,
         expires_at BIGINT NOT NULL,
         KEY greylist_client_expires (expires_at)
+      ) ${TABLE}`,
+    ],
+  },
+  {
+    version: 4,
+    description: 'change log: which rows each change serial touched, so caches drop only those',
+    statements: [
+      // Written in the write's transaction, after the serial bump (one row per entity;
+      // a domain stands for everything in it). Serials are bumped by an UPDATE of one
+      // row, so they commit in order; a serial with no row here means a writer that
+      // does not log (an older mailwarden, a trimmed row), and readers then drop everything.
+      `CREATE TABLE IF NOT EXISTS change_log (
+        serial BIGINT UNSIGNED NOT NULL,
+        kind VARCHAR(8) NOT NULL,
+        name VARCHAR(320) NOT NULL,
+        PRIMARY KEY (serial, kind, name)
       ) ${TABLE}`,
     ],
   },

@@ -65,6 +65,22 @@ export type MailboxPatch = Partial<Pick<Mailbox, 'name' | 'quotaBytes' | 'enable
 export type DomainPatch = Partial<Pick<Domain, 'enabled'>> & { description?: string | null };
 export type AliasPatch = Partial<Pick<Alias, 'targets' | 'enabled'>>;
 
+/** The rows a write touched, as the MySQL change log records them (name: an address, `@domain` or a domain name). */
+export type ChangeKind = 'domain' | 'mailbox' | 'alias' | 'grant';
+export interface ChangedKey {
+  readonly kind: ChangeKind;
+  /**
+   * mailbox, alias: its address; grant: the granted address (`x@domain` or `@domain`);
+   * domain: the domain name, standing for its row and everything in the domain (a delete cascades).
+   */
+  readonly name: string;
+}
+
+/** What a directory change may have touched: everything (a file reload, a gap in the change log) or these rows. */
+export type DirectoryChange = { readonly all: true } | { readonly all: false; readonly keys: readonly ChangedKey[] };
+
+export const ALL_CHANGED: DirectoryChange = Object.freeze({ all: true as const });
+
 /** Point reads on the hot path (socketmap, policy, auth). */
 export interface DirectoryReader {
   findDomain(name: string): Promise<Domain | undefined>;
@@ -72,6 +88,17 @@ export interface DirectoryReader {
   findAlias(address: string): Promise<Alias | undefined>;
   /** Grants whose address is exactly `address` (an address or `@domain`). */
   findSenderGrants(address: string): Promise<readonly SenderGrant[]>;
+}
+
+/**
+ * Keyset-paginated reads of whole tables in key order, for caches that preload
+ * the directory: each call returns up to `limit` rows after `after` ('' = from the start).
+ */
+export interface DirectoryPages {
+  pageDomains(after: string, limit: number): Promise<Domain[]>;
+  pageMailboxes(after: string, limit: number): Promise<Mailbox[]>;
+  pageAliases(after: string, limit: number): Promise<Alias[]>;
+  pageSenderGrants(after: { readonly address: string; readonly login: string }, limit: number): Promise<SenderGrant[]>;
 }
 
 export interface DomainUsage {
@@ -115,8 +142,8 @@ export interface DirectoryBackend extends DirectoryReader {
   /** 'notfound' when an increment hits a counter that was never set (Dovecot then recalculates). */
   updateQuotaUsage(address: string, change: QuotaUsageChange): Promise<'ok' | 'notfound'>;
 
-  /** Called whenever the data may have changed (file replaced, change serial bumped). */
-  onChange(listener: () => void): void;
+  /** Called whenever the data may have changed (file replaced, change serial bumped), with what changed. */
+  onChange(listener: (change: DirectoryChange) => void): void;
   close(): Promise<void>;
 }
 

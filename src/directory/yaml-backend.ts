@@ -10,8 +10,8 @@ import {
   sameIdentity, withFileLock, writeFileAtomic, type FileIdentity,
 } from './yaml-file.ts';
 import {
-  DirectoryError, type Alias, type AliasPatch, type DirectoryBackend, type Domain, type DomainPatch, type DomainUsage,
-  type Mailbox, type MailboxPatch, type QuotaUsageChange, type SenderGrant,
+  ALL_CHANGED, DirectoryError, type Alias, type AliasPatch, type DirectoryBackend, type DirectoryChange, type Domain, type DomainPatch,
+  type DomainUsage, type Mailbox, type MailboxPatch, type QuotaUsageChange, type SenderGrant,
 } from './types.ts';
 import { ActivityFile, activityPath } from './activity-file.ts';
 
@@ -22,7 +22,7 @@ export class YamlDirectory implements DirectoryBackend {
   readonly remote = false;
   #snapshot: DirectorySnapshot;
   #identity: FileIdentity | undefined;
-  #listeners: Array<() => void> = [];
+  #listeners: Array<(change: DirectoryChange) => void> = [];
   #timer: NodeJS.Timeout | undefined;
   readonly #activity: ActivityFile;
   readonly path: string;
@@ -86,7 +86,7 @@ export class YamlDirectory implements DirectoryBackend {
     this.#snapshot = snapshot;
     this.#identity = identity;
     this.log?.info({ path: this.path, mailboxes: snapshot.mailboxes.size, aliases: snapshot.aliases.size }, 'directory loaded');
-    for (const l of this.#listeners) l();
+    for (const l of this.#listeners) l(ALL_CHANGED);
   }
 
   #reloading = false;
@@ -262,7 +262,7 @@ export class YamlDirectory implements DirectoryBackend {
     return this.#snapshot.mailboxes.has(address) ? this.#activity.updateQuota(address, change) : 'notfound';
   }
 
-  onChange(listener: () => void): void {
+  onChange(listener: (change: DirectoryChange) => void): void {
     this.#listeners.push(listener);
   }
 

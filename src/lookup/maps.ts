@@ -7,6 +7,7 @@ import {
   type MailAddress,
 } from '../core/address.ts';
 import type { Alias, DirectoryReader, Domain, Mailbox, SenderGrant } from '../directory/types.ts';
+import { MISS, type RowKind } from './row-cache.ts';
 
 export const MAP_NAMES = [
   'virtual_mailbox_domains',
@@ -53,9 +54,20 @@ export interface SyncDirectoryReader {
   findSenderGrants(address: string): readonly SenderGrant[];
 }
 
-/** A directory whose point reads are plain memory reads offers them synchronously as `sync`. */
+/**
+ * A directory whose point reads are plain memory reads offers them synchronously as `sync`;
+ * one that holds some rows in memory (RowCache) offers `peek`, which returns MISS for the others.
+ */
 export interface MaybeSyncReader extends DirectoryReader {
   readonly sync?: SyncDirectoryReader;
+  peek?(kind: RowKind, key: string): unknown;
+}
+
+/** An answer and the rows it was made from (`kind key` strings), so a cache knows which changes can touch it. */
+export interface Resolved {
+  readonly result: LookupResult;
+  /** Undefined for an in-memory directory (its changes are always "everything"). */
+  readonly reads: Iterable<string> | undefined;
 }
 
 /** Thrown (never as an Error: no stack to capture) when a row has not been fetched yet. */
@@ -64,15 +76,30 @@ const NEED_ROWS = Symbol('need rows');
 /** Replays bound the rows one lookup may fetch; Postfix's own recursion limit is far below. */
 const MAX_FETCH_ROUNDS = 64;
 
-type RowKind = 'domain' | 'mailbox' | 'alias' | 'grants';
-
 class FetchingView implements SyncDirectoryReader {
   readonly #rows = new Map<string, unknown>();
+  readonly #peek: ((kind: RowKind, key: string) => unknown) | undefined;
   #wanted: Array<[RowKind, string]> = [];
+
+  constructor(peek: ((kind: RowKind, key: string) => unknown) | undefined) {
+    this.#peek = peek;
+  }
+
+  /** The rows read so far, as `kind key`. */
+  get reads(): Iterable<string> {
+    return this.#rows.keys();
+  }
 
   #get<T>(kind: RowKind, key: string): T {
     const k = `${kind} ${key}`;
     if (this.#rows.has(k)) return this.#rows.get(k) as T;
+    if (this.#peek) {
+      const row = this.#peek(kind, key);
+      if (row !== MISS) {
+        this.#rows.set(k, row);
+        return row as T;
+      }
+    }
     this.#wanted.push([kind, key]);
     throw NEED_ROWS;
   }
@@ -99,11 +126,13 @@ class FetchingView implements SyncDirectoryReader {
 export class DirectoryMaps {
   readonly #dir: DirectoryReader;
   readonly #sync: SyncDirectoryReader | undefined;
+  readonly #peek: ((kind: RowKind, key: string) => unknown) | undefined;
   readonly #delimiter: string;
 
   constructor(dir: MaybeSyncReader, options: MapOptions) {
     this.#dir = dir;
     this.#sync = dir.sync;
+    this.#peek = dir.peek?.bind(dir);
     this.#delimiter = options.recipientDelimiter;
   }
 
@@ -113,17 +142,34 @@ export class DirectoryMaps {
   }
 
   async lookup(map: MapName, key: string): Promise<LookupResult> {
-    if (this.#sync) return this.#decide(map, key, this.#sync);
-    const view = new FetchingView();
+    return (await this.resolve(map, key)).result;
+  }
+
+  /** The answer and the rows it read. */
+  async resolve(map: MapName, key: string): Promise<Resolved> {
+    if (this.#sync) return { result: this.#decide(map, key, this.#sync), reads: undefined };
+    const view = new FetchingView(this.#peek);
     for (let round = 0; round < MAX_FETCH_ROUNDS; round++) {
       try {
-        return this.#decide(map, key, view);
+        return { result: this.#decide(map, key, view), reads: view.reads };
       } catch (err) {
         if (err !== NEED_ROWS) throw err;
       }
       await view.fetch(this.#dir);
     }
     throw new Error(`lookup ${map} ${key} needed more than ${MAX_FETCH_ROUNDS} directory reads`);
+  }
+
+  /** resolve() without waiting, when every row it needs is in memory (peek); undefined otherwise. */
+  resolveNow(map: MapName, key: string): Resolved | undefined {
+    if (!this.#peek) return undefined;
+    const view = new FetchingView(this.#peek);
+    try {
+      return { result: this.#decide(map, key, view), reads: view.reads };
+    } catch (err) {
+      if (err !== NEED_ROWS) throw err;
+      return undefined;
+    }
   }
 
   /** The answer without waiting; only for a synchronous (in-memory) directory. */

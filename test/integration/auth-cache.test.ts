@@ -1,8 +1,9 @@
 // `mailwarden serve` with the MariaDB directory: passdb/userdb answers and
 // logins come from the per-user answer cache (the Lua bridge's GET form and the
 // dict socket share it), and every change the directory reports (a write by
-// another process: the change serial, polled every second) reaches them within
-// about a second. last_login is written at most once a minute per user.
+// another process: the change serial, polled every second, and the change log
+// that names the users it touched) reaches them within about a second, while
+// other users stay cached. last_login is written at most once a minute per user.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
@@ -110,14 +111,18 @@ describe('Dovecot answers from the cache, flushed by directory changes (MariaDB)
     }
   }
 
-  it('repeated lookups are answered from memory (both transports), until the directory reports a change', async () => {
+  it('repeated lookups are answered from memory (both transports); a change drops only the users it touches', async () => {
     assert.equal(await quotaRule('alice@example.org'), '*:bytes=1048576');
     // Behind the directory's back: no change serial bump, so nobody is told.
     await db.admin("UPDATE mw_auth_cache.mailbox SET quota_bytes = 2097152 WHERE address = 'alice@example.org'");
     assert.equal(await quotaRule('alice@example.org'), '*:bytes=1048576', 'HTTP: the cached answer');
     assert.equal(await dictLookup('shared/userdb/alice@example.org'), 'O{"home":"/var/vmail/example.org/alice","uid":"5000","gid":"5000","quota_rule":"*:bytes=1048576"}', 'dict: the same cache');
-    // Any write through the directory bumps the serial; the daemon polls it every second and drops its cache.
-    await admin.updateMailbox('bob@example.org', { name: 'Bob' });
+    // A write through the directory about bob: the daemon reads the change log and drops bob only.
+    await admin.updateMailbox('bob@example.org', { quotaBytes: 3 * 1048576 });
+    await within(3000, () => quotaRule('bob@example.org'), '*:bytes=3145728');
+    assert.equal(await quotaRule('alice@example.org'), '*:bytes=1048576', 'alice stays cached: the change was not about her');
+    // A write about alice drops her answer (and her row in memory).
+    await admin.updateMailbox('alice@example.org', { name: 'Alice' });
     const ms = await within(3000, () => quotaRule('alice@example.org'), '*:bytes=2097152');
     assert.ok(ms <= 2500, `took ${ms} ms`);
     assert.match(await dictLookup('shared/userdb/alice@example.org'), /"quota_rule":"\*:bytes=2097152"/);

@@ -159,7 +159,7 @@ describe('MysqlDirectory', { skip }, () => {
       assert.deepEqual(await schemaStatus(pool), { current: SCHEMA_VERSION, latest: SCHEMA_VERSION, pending: [] });
       const [tables] = await pool.query<mysql.RowDataPacket[]>(
         'SELECT table_name AS t, engine AS e, table_collation AS c FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY 1');
-      assert.deepEqual(tables.map((r) => r['t']), ['alias', 'alias_target', 'domain', 'greylist_client', 'greylist_triplet', 'mailbox',
+      assert.deepEqual(tables.map((r) => r['t']), ['alias', 'alias_target', 'change_log', 'domain', 'greylist_client', 'greylist_triplet', 'mailbox',
         'mailbox_activity', 'mailwarden_meta', 'policy_counter', 'sender_grant']);
       for (const r of tables) assert.deepEqual([r['e'], r['c']], ['InnoDB', 'utf8mb4_bin'], String(r['t']));
     } finally {

@@ -69,7 +69,7 @@ describe('MysqlPolicyState', { skip }, () => {
   }
 
   test('migration 3: every table has a primary key; db status reports the version', async () => {
-    assert.equal(SCHEMA_VERSION, 3);
+    assert.ok(SCHEMA_VERSION >= 3);
     const tables = await rows(
       `SELECT t.table_name AS t, t.table_collation AS c,
               (SELECT COUNT(*) FROM information_schema.table_constraints k
@@ -83,7 +83,7 @@ describe('MysqlPolicyState', { skip }, () => {
       assert.equal(r['c'], 'utf8mb4_bin', String(r['t']));
     }
     const status = await databaseStatus(config(url));
-    assert.equal(status['schema_version'], 3);
+    assert.equal(status['schema_version'], SCHEMA_VERSION);
     assert.equal(status['pending_migrations'], 'none');
   });
 
@@ -92,7 +92,7 @@ describe('MysqlPolicyState', { skip }, () => {
     const pool = createDirectoryPool(config(old));
     try {
       assert.deepEqual(await migrate(pool, MIGRATIONS.filter((m) => m.version <= 2)), { from: 0, to: 2 });
-      assert.deepEqual(await migrate(pool), { from: 2, to: 3 });
+      assert.deepEqual(await migrate(pool), { from: 2, to: SCHEMA_VERSION });
       const store = new MysqlPolicyState(pool, { timeoutMs: 1000, display: 'v2', sweep: false });
       assert.equal((await store.addToCounters([{ key: 'k', windowMs: MIN, amount: 1 }], T0))[0]!.total, 1);
       await store.close();

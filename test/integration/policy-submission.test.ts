@@ -150,7 +150,8 @@ describe('policy service during a MariaDB outage', () => {
     const queue = postfix.queueDir;
     const config = join(tmp.path, 'mailwarden.yaml');
     writeFileSync(config, [
-      'directory:', '  backend: mysql', `  url: ${JSON.stringify(url)}`, '  query_timeout: 500ms', '  pool_size: 2',
+      // Without preload: bob@'s row must come from the database (the outage path under test).
+      'directory:', '  backend: mysql', `  url: ${JSON.stringify(url)}`, '  query_timeout: 500ms', '  pool_size: 2', '  preload: false',
       'log:', '  level: debug',
       'dns:', `  servers: ["${dns.address}"]`, '  timeout: 1s',
       'socketmap:', `  listen: unix:${queue}/mailwarden/socketmap.sock`, '  mode: "0666"',

@@ -31,7 +31,8 @@ test('database outage: TEMP, never NOTFOUND; recovery without restart', async (t
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'mailwarden.yaml');
   writeFileSync(file, [
-    'directory:', '  backend: mysql', `  url: ${JSON.stringify(url)}`, '  query_timeout: 500ms', '  pool_size: 2',
+    // Without preload: the rows not asked for yet must come from the database (the outage path under test).
+    'directory:', '  backend: mysql', `  url: ${JSON.stringify(url)}`, '  query_timeout: 500ms', '  pool_size: 2', '  preload: false',
     'socketmap:', `  listen: unix:${dir}/socketmap.sock`,
   ].join('\n'));
   const daemon = await startDaemon(file);
