@@ -216,33 +216,20 @@ export class RowCache implements DirectoryReader {
       return true;
     };
     try {
-      let after = '';
-      for (;;) {
-        const page = await pages.pageDomains(after, this.#pageSize);
-        if (!current()) return;
-        for (const d of page) keep('domain', d.name, d, d.name);
-        if (page.length < this.#pageSize) break;
-        after = page[page.length - 1]!.name;
-        await yieldToAnswers();
-      }
-      after = '';
-      for (;;) {
-        const page = await pages.pageMailboxes(after, this.#pageSize);
-        if (!current()) return;
-        for (const m of page) keep('mailbox', m.address, m, m.domain);
-        if (page.length < this.#pageSize) break;
-        after = page[page.length - 1]!.address;
-        await yieldToAnswers();
-      }
-      after = '';
-      for (;;) {
-        const page = await pages.pageAliases(after, this.#pageSize);
-        if (!current()) return;
-        for (const a of page) keep('alias', a.address, a, a.domain);
-        if (page.length < this.#pageSize) break;
-        after = page[page.length - 1]!.address;
-        await yieldToAnswers();
-      }
+      // Each table in primary-key order; false: the pass was overtaken (a newer pass, an {all} change).
+      const table = async <T>(read: (after: string, limit: number) => Promise<T[]>, kind: RowKind, keyOf: (row: T) => string, domain: (row: T) => string) => {
+        for (let after = ''; ;) {
+          const page = await read(after, this.#pageSize);
+          if (!current()) return false;
+          for (const row of page) keep(kind, keyOf(row), row as Row, domain(row));
+          if (page.length < this.#pageSize) return true;
+          after = keyOf(page[page.length - 1]!);
+          await yieldToAnswers();
+        }
+      };
+      if (!await table((a, n) => pages.pageDomains(a, n), 'domain', (d) => d.name, (d) => d.name)) return;
+      if (!await table((a, n) => pages.pageMailboxes(a, n), 'mailbox', (m) => m.address, (m) => m.domain)) return;
+      if (!await table((a, n) => pages.pageAliases(a, n), 'alias', (a) => a.address, (a) => a.domain)) return;
       // Grants come as (address, login) rows; one address's list may span two pages.
       let grantAfter = { address: '', login: '' };
       let group: SenderGrant[] = [];
