@@ -170,7 +170,7 @@ describe('names c-ares refuses, asked raw', () => {
       server.clearLog();
       const t = await timed(res('timeout+.test', 'TXT'));
       assert.ok(isError('ETIMEOUT', true)(t.error), String(t.error));
-      assert.ok(t.ms >= timeoutMs - 5 && t.ms <= timeoutMs + 100, `${timeoutMs} ms: took ${t.ms.toFixed(0)} ms`);
+      assert.ok(t.ms >= timeoutMs - 30 && t.ms <= timeoutMs + 100, `${timeoutMs} ms: took ${t.ms.toFixed(0)} ms`);
       const sent = server.count('timeout+.test');
       assert.ok(sent >= 2 && sent <= 2 * tries + 1, `${sent} queries`);
     }

