@@ -7,7 +7,7 @@
 //   node bench/dovecot.ts [--seconds 5] [--only lua,lua-libhttp,dict,sql,trivial-dict,checkpassword]
 //       [--concurrency 1,10,50] [--login-concurrency 1,10] [--repeat N] [--mailboxes 100000] ...
 import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -27,7 +27,7 @@ import {
   TARGETS, TARGET_INFO, checkpasswordConf, dictConf, luaConf, mailwardenConfig, sqlConf, sqlQueries, type TargetName,
 } from './lib/dovecot-targets.ts';
 import type { DovecotRunParams, DovecotRunResult, FromLoadgen, ToLoadgen } from './lib/dovecot-types.ts';
-import { copyMailwarden, type Daemon, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, startDaemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
+import { benchTempDir, copyMailwarden, type Daemon, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, runCleanups, sleep, startDaemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DOVECOT_DEFAULT_ARGON2: Argon2Params = { memoryCost: 65536, timeCost: 3, parallelism: 1 };
@@ -332,12 +332,8 @@ async function main(): Promise<void> {
     throw new Error('Dovecot\'s MySQL driver is missing (/usr/lib/dovecot/modules/libdriver_mysql.so): apt-get install dovecot-mysql, or leave sql out of --only');
   }
 
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mailwarden-dovecot-bench-'));
-  chmodSync(tmp, 0o755); // Dovecot's processes (user dovecot) read configs and run the checkpassword program from here
-  if (!opts.keep) {
-    removeAtExit(tmp);
-    onCleanup('remove temp dir', () => rmSync(tmp, { recursive: true, force: true }));
-  }
+  // Dovecot's processes (user dovecot) read configs and run the checkpassword program from here.
+  const tmp = benchTempDir('mailwarden-dovecot-bench-', { keep: opts.keep, shared: true });
   progress(`temp dir ${tmp}${opts.keep ? ' (kept)' : ''}; ${cores} CPU cores shared by the load generator, Dovecot, mailwarden and mysqld`);
 
   // A frozen copy of the mailwarden under test: other people may be editing src/ while we run.

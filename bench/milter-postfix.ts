@@ -14,7 +14,7 @@
 // bench/README.md.
 //
 //   flock /tmp/mw-bench.lock node bench/milter-postfix.ts [--messages 2000] [--concurrency 1,10] [--only ...] [--phases ...]
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,14 +23,14 @@ import { fileURLToPath } from 'node:url';
 import { freePort } from '../test/support/ports.ts';
 import { startPostfix, type PostfixInstance } from '../test/support/postfix.ts';
 import { AUTHSERV_ID, OUR_DOMAIN, generateMilterDataset } from './lib/milter-data.ts';
-import { OPENDKIM, OPENDKIM_AUTHSERV, OPENDMARC, OPENDMARC_AUTHSERV, type MilterKind, type RunningMilter } from './lib/milter-peers.ts';
+import { installedTargets, OPENDKIM_AUTHSERV, OPENDMARC_AUTHSERV, type MilterKind, type RunningMilter } from './lib/milter-peers.ts';
 import { startMilterForPostfix } from './lib/milter-postfix-peers.ts';
 import {
   DISCARD_REASON, MaillogTail, PROBE_DOMAIN, SMTP_SINK, SMTP_SOURCE, inspectProbe, runSmtpSource, startSink, treeCpu,
   waitForDiscards, writeSourceFile, type ProbeFinding,
 } from './lib/milter-postfix-mta.ts';
 import { writeResolvConf } from './lib/policy-peers.ts';
-import { copyMailwarden, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, systemCpuMicros, waitForQuiet, waitForSocket } from './lib/proc.ts';
+import { benchTempDir, copyMailwarden, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, runCleanups, sleep, systemCpuMicros, waitForQuiet, waitForSocket } from './lib/proc.ts';
 import { Child } from './lib/child.ts';
 import type { FromDns, ToDns } from './lib/policy-types.ts';
 
@@ -201,19 +201,9 @@ async function main(): Promise<void> {
   installSignalHandlers();
   if (process.getuid?.() !== 0) usage('needs root: Postfix\'s master starts as root, the milters run in a private mount namespace, the test DNS binds port 53');
   for (const f of [SMTP_SOURCE, SMTP_SINK, '/usr/sbin/postfix']) if (!existsSync(f)) usage(`${f} not found (Debian package postfix)`);
-  const targets = only.filter((t) => {
-    const need = t === 'opendkim' ? [OPENDKIM] : t === 'opendkim+opendmarc' ? [OPENDKIM, OPENDMARC] : [];
-    const missing = need.filter((f) => !existsSync(f));
-    if (missing.length) progress(`skipping ${t}: ${missing.join(', ')} not found; install with: sudo bash bench/setup-milter-peers.sh`);
-    return missing.length === 0;
-  });
+  const targets = installedTargets(only, progress);
 
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mailwarden-milter-postfix-bench-'));
-  chmodSync(tmp, 0o755);
-  if (!values.keep) {
-    removeAtExit(tmp);
-    onCleanup('remove temp dir', () => rmSync(tmp, { recursive: true, force: true }));
-  }
+  const tmp = benchTempDir('mailwarden-milter-postfix-bench-', { keep: values.keep, shared: true });
   const cores = os.availableParallelism();
   const sockDir = path.join(tmp, 'sockets');
   mkdirSync(sockDir, { mode: 0o755 });

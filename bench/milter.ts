@@ -9,7 +9,7 @@
 //
 //   node bench/milter.ts [--seconds 4] [--concurrency 1,10,50] [--only mailwarden,opendkim] ...
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,11 +17,11 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../test/support/ports.ts';
 import { AUTHSERV_ID, generateMilterDataset } from './lib/milter-data.ts';
-import { OPENDKIM, OPENDMARC, postfixNotation, startMilter, type MilterEndpoint, type MilterKind, type RunningMilter } from './lib/milter-peers.ts';
+import { installedTargets, postfixNotation, startMilter, type MilterEndpoint, type MilterKind, type RunningMilter } from './lib/milter-peers.ts';
 import type { FromMilterLoadgen, MilterRunParams, MilterRunResult, ToMilterLoadgen } from './lib/milter-types.ts';
 import type { DnsStats, FromDns, ToDns } from './lib/policy-types.ts';
 import { writeResolvConf } from './lib/policy-peers.ts';
-import { copyMailwarden, installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
+import { benchTempDir, copyMailwarden, installSignalHandlers, interrupted, QUIET, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
 import { Child } from './lib/child.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -182,19 +182,9 @@ async function main(): Promise<void> {
 
   installSignalHandlers();
   if (process.getuid?.() !== 0) usage('needs root: the peers run in a private mount namespace (unshare -m) and the test DNS binds port 53');
-  const targets = only.filter((t) => {
-    const need = t === 'opendkim' ? [OPENDKIM] : t === 'opendkim+opendmarc' ? [OPENDKIM, OPENDMARC] : [];
-    const missing = need.filter((f) => !existsSync(f));
-    if (missing.length) progress(`skipping ${t}: ${missing.join(', ')} not found; install with: sudo bash bench/setup-milter-peers.sh`);
-    return missing.length === 0;
-  });
+  const targets = installedTargets(only, progress);
 
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mailwarden-milter-bench-'));
-  chmodSync(tmp, 0o755);
-  if (!values.keep) {
-    removeAtExit(tmp);
-    onCleanup('remove temp dir', () => rmSync(tmp, { recursive: true, force: true }));
-  }
+  const tmp = benchTempDir('mailwarden-milter-bench-', { keep: values.keep, shared: true });
   const cores = os.availableParallelism();
   const sockDir = path.join(tmp, 'sockets');
   mkdirSync(sockDir, { mode: 0o755 });

@@ -5,7 +5,7 @@
 //
 //   node bench/policy.ts [--seconds 5] [--concurrency 1,10,50] [--only mailwarden,postfwd] [--repeat 3] ...
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +16,7 @@ import { generatePolicyDataset, policyDirectoryYaml, type PolicyDataset } from '
 import { TARGETS, TARGET_INFO, startTarget, writeResolvConf, type RunningTarget, type TargetContext, type TargetName } from './lib/policy-peers.ts';
 import { formatDetails, formatDnsTable, formatShapes, formatTables, formatVerdicts, verdicts, type PolicyRow } from './lib/policy-report.ts';
 import type { DnsStats, FromDns, FromLoadgen, PolicyRunParams, PolicyRunResult, ToDns, ToLoadgen } from './lib/policy-types.ts';
-import { copyMailwarden, installSignalHandlers, interrupted, onCleanup, QUIET, removeAtExit, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
+import { benchTempDir, copyMailwarden, installSignalHandlers, interrupted, QUIET, runCleanups, sleep, waitForQuiet } from './lib/proc.ts';
 import { Child } from './lib/child.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -249,13 +249,8 @@ async function main(): Promise<void> {
     targets.push(t);
   }
 
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mailwarden-policy-bench-'));
   // postgrey and postfwd drop privileges and must reach their state dirs inside.
-  chmodSync(tmp, 0o755);
-  if (!opts.keep) {
-    removeAtExit(tmp);
-    onCleanup('remove temp dir', () => rmSync(tmp, { recursive: true, force: true }));
-  }
+  const tmp = benchTempDir('mailwarden-policy-bench-', { keep: opts.keep, shared: true });
   progress(`temp dir ${tmp}${opts.keep ? ' (kept)' : ''}; ${cores} CPU cores shared by the load generator, the target and the test DNS`);
 
   const ds = generatePolicyDataset({ seed: opts.seed, messages: opts.messages });

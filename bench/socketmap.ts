@@ -6,7 +6,7 @@
 //       [--backends yaml,mysql] [--baselines trivial,postfix-mysql,postfix-lmdb]
 //       [--mailboxes 100000] [--json] ...
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +16,7 @@ import mysql from 'mysql2/promise';
 import { generateDataset, directoryYaml, vmailboxSource, type Dataset } from './lib/data.ts';
 import { loadDataset, bumpSerial } from './lib/mysql.ts';
 import { runPostmapFor, type PostmapOptions } from './lib/postmap.ts';
-import { copyMailwarden, type Daemon, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, removeAtExit, runCleanups, sleep, startDaemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
+import { benchTempDir, copyMailwarden, type Daemon, installSignalHandlers, interrupted, isAlive, onCleanup, QUIET, runCleanups, sleep, startDaemon, waitForQuiet, waitForSocket } from './lib/proc.ts';
 import { formatTable, formatVerdicts, verdicts, type Row } from './lib/report.ts';
 import type { FromLoadgen, RunParams, RunResult, ToLoadgen } from './lib/types.ts';
 
@@ -292,11 +292,7 @@ async function main(): Promise<void> {
   retries = opts.retries;
   installSignalHandlers();
   const cores = os.availableParallelism();
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mailwarden-bench-'));
-  if (!opts.keep) {
-    removeAtExit(tmp);
-    onCleanup('remove temp dir', () => rmSync(tmp, { recursive: true, force: true }));
-  }
+  const tmp = benchTempDir('mailwarden-bench-', { keep: opts.keep });
   progress(`temp dir ${tmp}${opts.keep ? ' (kept)' : ''}; ${cores} CPU cores shared by the load generator, the server and mysqld`);
 
   progress(`generating ${fmt(opts.mailboxes)} mailboxes over ${opts.domains} domains, ${fmt(opts.rcpts)} RCPT keys (seed ${opts.seed})`);

@@ -10,14 +10,14 @@
 //     resp=<base64(\0user\0password)>`, answered by `OK\t<id>\t...` or `FAIL\t<id>\t...`.
 // C persistent connections, one request in flight per connection (as each
 // Dovecot process does), the next one right after the reply.
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { availableParallelism } from 'node:os';
-import { cpuMicros, systemCpuMicros } from './proc.ts';
+import { cpuMicros, processTable, systemCpuMicros, treePids, type ProcessEntry } from './proc.ts';
 import type { DovecotRunParams, DovecotRunResult, FromLoadgen, ToLoadgen } from './dovecot-types.ts';
+import { latencySummary } from './latency.ts';
 
-const TICK_US = 10_000;
 
 // --- requests, encoded once per file ---
 
@@ -52,49 +52,9 @@ function loadItems(file: string, kind: DovecotRunParams['kind'], service: string
 
 // --- CPU of Dovecot's processes from /proc ---
 
-interface Proc {
-  readonly ppid: number;
-  /** utime + stime, µs. */
-  readonly self: number;
-  /** cutime + cstime (children that exited and were waited for), µs. */
-  readonly reaped: number;
-}
-
-function procTable(): Map<number, Proc> {
-  const table = new Map<number, Proc>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    let text: string;
-    try {
-      text = readFileSync(`/proc/${name}/stat`, 'latin1');
-    } catch {
-      continue; // gone meanwhile
-    }
-    const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    table.set(Number(name), {
-      ppid: Number(f[1]),
-      self: (Number(f[11]) + Number(f[12])) * TICK_US,
-      reaped: (Number(f[13]) + Number(f[14])) * TICK_US,
-    });
-  }
-  return table;
-}
-
-function descendants(table: Map<number, Proc>, root: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const [pid, p] of table) {
-    const list = children.get(p.ppid);
-    if (list) list.push(pid);
-    else children.set(p.ppid, [pid]);
-  }
-  const out: number[] = [];
-  const stack = [...(children.get(root) ?? [])];
-  while (stack.length) {
-    const pid = stack.pop()!;
-    out.push(pid);
-    stack.push(...(children.get(pid) ?? []));
-  }
-  return out;
+/** Descendants of `root` (not root itself). */
+function descendants(table: ReadonlyMap<number, ProcessEntry>, root: number): number[] {
+  return treePids(table, root).slice(1);
 }
 
 function title(pid: number): string {
@@ -119,7 +79,7 @@ interface DovecotCpu {
 
 /** Dovecot's process titles tell the auth process (`.../auth`) from its workers (`.../auth -w`). */
 function dovecotCpu(master: number): DovecotCpu {
-  const table = procTable();
+  const table = processTable();
   const m = table.get(master);
   if (!m) throw new Error(`Dovecot master ${master} is gone`);
   let total = m.self + m.reaped;
@@ -367,10 +327,6 @@ async function run(p: DovecotRunParams): Promise<DovecotRunResult> {
   if (failure) throw failure;
 
   const seconds = (tEnd - tStart) / 1000;
-  const sorted = lat.subarray(0, count).sort();
-  const q = (f: number) => (count ? sorted[Math.min(count - 1, Math.floor(f * count))]! : 0);
-  let sum = 0;
-  for (let i = 0; i < count; i++) sum += sorted[i]!;
   const per = (us: number) => (count ? us / count : 0);
   const cpuUsPerOp: Record<string, number> = {};
   let measured = clientEnd.user + clientEnd.system;
@@ -394,7 +350,7 @@ async function run(p: DovecotRunParams): Promise<DovecotRunResult> {
     ops: count,
     seconds,
     opsPerSecond: seconds > 0 ? count / seconds : 0,
-    latencyUs: { mean: count ? sum / count : 0, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: count ? sorted[count - 1]! : 0 },
+    latencyUs: latencySummary(lat, count),
     ok,
     notFound,
     fail,

@@ -1,4 +1,5 @@
 // Messages between bench/dovecot.ts and its load generator process.
+import type { LatencyStats } from './latency.ts';
 
 /**
  * userdb: `USER` requests over Dovecot's auth-master socket (what LMTP and
@@ -32,14 +33,6 @@ export interface DovecotRunParams {
   readonly cpuPids: Readonly<Record<string, number>>;
   /** once mode: report the indices of the items that got OK (the users whose login is now in the verify cache). */
   readonly collectOk: boolean;
-}
-
-export interface LatencyStats {
-  readonly mean: number;
-  readonly p50: number;
-  readonly p90: number;
-  readonly p99: number;
-  readonly max: number;
 }
 
 export interface DovecotRunResult {

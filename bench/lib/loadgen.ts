@@ -9,6 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { availableParallelism } from 'node:os';
 import { cpuMicros, systemCpuMicros } from './proc.ts';
 import type { FromLoadgen, RunParams, RunResult, ToLoadgen } from './types.ts';
+import { latencySummary } from './latency.ts';
 
 const encoded = new Map<string, Buffer[]>();
 
@@ -186,10 +187,6 @@ async function run(p: RunParams): Promise<RunResult> {
   if (failure) throw failure;
 
   const seconds = (tEnd - tStart) / 1000;
-  const sorted = lat.subarray(0, count).sort();
-  const q = (f: number) => (count ? sorted[Math.min(count - 1, Math.floor(f * count))]! : 0);
-  let sum = 0;
-  for (let i = 0; i < count; i++) sum += sorted[i]!;
   const cpuUsPerLookup: Record<string, number> = {};
   let measured = clientEnd.user + clientEnd.system;
   for (const name of Object.keys(p.cpuPids)) {
@@ -202,7 +199,7 @@ async function run(p: RunParams): Promise<RunResult> {
     requests: count,
     seconds,
     lookupsPerSecond: seconds > 0 ? count / seconds : 0,
-    latencyUs: { mean: count ? sum / count : 0, p50: q(0.5), p90: q(0.9), p99: q(0.99), p999: q(0.999), max: count ? sorted[count - 1]! : 0 },
+    latencyUs: latencySummary(lat, count),
     statuses,
     cpuUsPerLookup,
     clientCpuUsPerLookup: count ? (clientEnd.user + clientEnd.system) / count : 0,

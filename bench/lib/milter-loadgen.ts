@@ -6,12 +6,13 @@
 // headers, EOH, 64 KB body chunks, EOM, waiting for exactly the replies the
 // negotiated protocol requires; ABORT between messages) and QUITs after
 // perSession messages to open the next session.
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseMessage, PostfixLikeSession, type EomOutcome, type ParsedMessage } from './milter-mta.ts';
 import type { BenchMessage, FromMilterLoadgen, MilterRunParams, MilterRunResult, ToMilterLoadgen } from './milter-types.ts';
-import { systemCpuMicros } from './proc.ts';
+import { processTable, systemCpuMicros, treeCpuMicros, treePids } from './proc.ts';
+import { latencySummary } from './latency.ts';
 
 interface Loaded {
   readonly meta: BenchMessage;
@@ -30,41 +31,6 @@ function load(file: string): Loaded[] {
 }
 
 // --- /proc: CPU and RSS of process trees ---
-
-interface ProcEntry { readonly ppid: number; readonly cpu: number }
-function procTable(): Map<number, ProcEntry> {
-  const table = new Map<number, ProcEntry>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    let text: string;
-    try {
-      text = readFileSync(`/proc/${name}/stat`, 'latin1');
-    } catch {
-      continue;
-    }
-    const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    table.set(Number(name), { ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 10_000 });
-  }
-  return table;
-}
-
-function treePids(table: Map<number, ProcEntry>, root: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const [pid, p] of table) {
-    const list = children.get(p.ppid);
-    if (list) list.push(pid);
-    else children.set(p.ppid, [pid]);
-  }
-  const out: number[] = [];
-  const stack = [root];
-  while (stack.length) {
-    const pid = stack.pop()!;
-    if (!table.has(pid)) continue;
-    out.push(pid);
-    stack.push(...(children.get(pid) ?? []));
-  }
-  return out;
-}
 
 function rssKiB(pid: number): number {
   try {
@@ -97,13 +63,13 @@ async function run(p: MilterRunParams, onPhase: (ph: 'measure' | 'stopped') => v
   let next = 0;
 
   const treeCpu = (): Record<string, number> => {
-    const table = procTable();
+    const table = processTable();
     const out: Record<string, number> = {};
-    for (const [name, root] of Object.entries(p.cpuTrees)) out[name] = treePids(table, root).reduce((a, pid) => a + table.get(pid)!.cpu, 0);
+    for (const [name, root] of Object.entries(p.cpuTrees)) out[name] = treeCpuMicros(table, root).cpu;
     return out;
   };
   const rssNow = (): Record<string, number> => {
-    const table = procTable();
+    const table = processTable();
     const out: Record<string, number> = {};
     for (const [name, root] of Object.entries(p.rssTrees)) out[name] = treePids(table, root).reduce((a, pid) => a + rssKiB(pid), 0);
     return out;
@@ -224,10 +190,6 @@ async function run(p: MilterRunParams, onPhase: (ph: 'measure' | 'stopped') => v
   if (tEnd === 0) throw new Error('the run ended before the measured window');
 
   const seconds = (tEnd - tStart) / 1000;
-  const sorted = lat.subarray(0, count).sort();
-  const q = (f: number) => (count ? sorted[Math.min(count - 1, Math.floor(f * count))]! : 0);
-  let sum = 0;
-  for (let i = 0; i < count; i++) sum += sorted[i]!;
   const cpuUsPerMessage: Record<string, number> = {};
   let measured = clientEnd.user + clientEnd.system;
   for (const name of Object.keys(p.cpuTrees)) {
@@ -243,7 +205,7 @@ async function run(p: MilterRunParams, onPhase: (ph: 'measure' | 'stopped') => v
     seconds,
     messagesPerSecond: seconds > 0 ? count / seconds : 0,
     bytesPerMessage: count ? bytes / count : 0,
-    latencyUs: { mean: count ? sum / count : 0, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: count ? sorted[count - 1]! : 0 },
+    latencyUs: latencySummary(lat, count),
     finals,
     headers,
     evidence,

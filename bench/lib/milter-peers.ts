@@ -19,7 +19,7 @@
 //   for every message (a new libunbound context per message), and unbound's
 //   config parser (flex) is not thread-safe: two messages at once killed it
 //   with "fatal flex scanner internal error--end of buffer missed".
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDaemon } from './proc.ts';
@@ -29,6 +29,16 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 export const OPENDKIM = '/usr/sbin/opendkim';
 export const OPENDMARC = '/usr/sbin/opendmarc';
+/** The targets whose peer binaries are installed; the others are skipped with how to install them. */
+export function installedTargets<T extends string>(targets: readonly T[], progress: (message: string) => void): T[] {
+  return targets.filter((t) => {
+    const need = t === 'opendkim' ? [OPENDKIM] : t === 'opendkim+opendmarc' ? [OPENDKIM, OPENDMARC] : [];
+    const missing = need.filter((f) => !existsSync(f));
+    if (missing.length) progress(`skipping ${t}: ${missing.join(', ')} not found; install with: sudo bash bench/setup-milter-peers.sh`);
+    return missing.length === 0;
+  });
+}
+
 export const OPENDKIM_AUTHSERV = 'opendkim.bench.test';
 export const OPENDMARC_AUTHSERV = 'opendmarc.bench.test';
 

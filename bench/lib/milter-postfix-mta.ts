@@ -14,7 +14,7 @@ import path from 'node:path';
 import { dkimVerify } from 'mailauth';
 import { createResolver, forMailauth } from '../../src/dns/resolver.ts';
 import type { BenchMessage } from './milter-types.ts';
-import { sleep, startDaemon, track, type Daemon } from './proc.ts';
+import { childrenCpuMicros, processTable, sleep, startDaemon, track, treeCpuMicros, type Daemon } from './proc.ts';
 
 export const SMTP_SOURCE = '/usr/sbin/smtp-source';
 export const SMTP_SINK = '/usr/sbin/smtp-sink';
@@ -26,49 +26,11 @@ export const DISCARD_REASON = 'bench-discarded';
 
 // --- CPU of process trees ---
 
-interface ProcEntry { readonly ppid: number; readonly cpu: number }
-
-function procTable(): Map<number, ProcEntry> {
-  const table = new Map<number, ProcEntry>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    let text: string;
-    try {
-      text = readFileSync(`/proc/${name}/stat`, 'latin1');
-    } catch {
-      continue;
-    }
-    const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    // utime + stime + cutime + cstime: a child that exits (Postfix's smtpd after max_use, its
-    // short-lived helpers) moves its CPU into its parent's cutime when reaped, so a tree's
-    // sum only ever grows and the difference of two snapshots is what the tree used between them.
-    table.set(Number(name), { ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 10_000 });
-  }
-  return table;
-}
-
 /** CPU µs used so far by each named process tree (root pid and all its descendants). */
 export function treeCpu(roots: Readonly<Record<string, number>>): Record<string, number> {
-  const table = procTable();
-  const children = new Map<number, number[]>();
-  for (const [pid, p] of table) {
-    const list = children.get(p.ppid);
-    if (list) list.push(pid);
-    else children.set(p.ppid, [pid]);
-  }
+  const table = processTable();
   const out: Record<string, number> = {};
-  for (const [name, root] of Object.entries(roots)) {
-    let sum = 0;
-    const stack = [root];
-    while (stack.length) {
-      const pid = stack.pop()!;
-      const p = table.get(pid);
-      if (!p) continue;
-      sum += p.cpu;
-      stack.push(...(children.get(pid) ?? []));
-    }
-    out[name] = sum;
-  }
+  for (const [name, root] of Object.entries(roots)) out[name] = treeCpuMicros(table, root).cpu;
   return out;
 }
 
@@ -160,9 +122,7 @@ export async function runSmtpSource(opts: { port: number; file: string; sender: 
   });
   const seconds = (performance.now() - t0) / 1000;
   if (code !== 0) throw new Error(`smtp-source failed (exit ${code}): ${stderr.trim().split('\n').slice(-3).join(' / ') || stdout.trim().slice(0, 300)}`);
-  const stat = stdout.trim().split('\n').pop() ?? '';
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { seconds, clientCpuUs: (Number(f[13]) + Number(f[14])) * 10_000 };
+  return { seconds, clientCpuUs: childrenCpuMicros(stdout.trim().split('\n').pop() ?? '') };
 }
 
 // --- Postfix's log: how many messages went through ---

@@ -1,4 +1,5 @@
 // Messages between bench/milter.ts and its load generator (bench/lib/milter-loadgen.ts).
+import type { LatencyStats } from './latency.ts';
 
 /** One milter the load generator talks to; a chain lists several, called in order per message like Postfix does. */
 export interface MilterHop {
@@ -38,14 +39,6 @@ export interface BenchMessage {
   readonly raw: string;
   /** What the data generator expects: a DKIM result per signature, for the report. */
   readonly kind: string;
-}
-
-export interface LatencyStats {
-  readonly mean: number;
-  readonly p50: number;
-  readonly p90: number;
-  readonly p99: number;
-  readonly max: number;
 }
 
 export interface MilterRunResult {

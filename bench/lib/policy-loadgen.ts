@@ -7,12 +7,13 @@
 // of one message on that connection, a new one for the next message, never
 // the same on two connections (pid.sec.usec.seqno, with the connection
 // number as the pid and the pass over the stream in usec).
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { availableParallelism } from 'node:os';
-import { cpuMicros, systemCpuMicros } from './proc.ts';
+import { cpuMicros, processTable, systemCpuMicros, treeCpuMicros } from './proc.ts';
 import type { FromLoadgen, PolicyRunParams, PolicyRunResult, ReplyClass, StreamRequest, ToLoadgen } from './policy-types.ts';
+import { latencySummary } from './latency.ts';
 
 interface Encoded {
   readonly m: number;
@@ -31,46 +32,6 @@ function loadStream(file: string): Encoded[] {
   return list;
 }
 
-// --- CPU of process trees from /proc ---
-
-/** utime, stime, cutime, cstime of every process, and who its parent is. */
-function procTable(): Map<number, { ppid: number; cpu: number }> {
-  const table = new Map<number, { ppid: number; cpu: number }>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    let text: string;
-    try {
-      text = readFileSync(`/proc/${name}/stat`, 'latin1');
-    } catch {
-      continue; // gone meanwhile
-    }
-    const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    // Children that exited and were waited for are in cutime/cstime of their parent: nothing is lost or counted twice.
-    table.set(Number(name), { ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 10_000 });
-  }
-  return table;
-}
-
-function treeCpu(table: Map<number, { ppid: number; cpu: number }>, root: number): { cpu: number; processes: number } {
-  const children = new Map<number, number[]>();
-  for (const [pid, p] of table) {
-    const list = children.get(p.ppid);
-    if (list) list.push(pid);
-    else children.set(p.ppid, [pid]);
-  }
-  let cpu = 0;
-  let processes = 0;
-  const stack = [root];
-  while (stack.length) {
-    const pid = stack.pop()!;
-    const p = table.get(pid);
-    if (!p) continue;
-    cpu += p.cpu;
-    processes++;
-    stack.push(...(children.get(pid) ?? []));
-  }
-  return { cpu, processes };
-}
 
 function classify(action: string): ReplyClass {
   const word = /^\S*/.exec(action)![0].toUpperCase();
@@ -150,9 +111,9 @@ async function run(p: PolicyRunParams, onPhase: (phase: 'measure' | 'stopped') =
 
   const sampleCpu = (): Record<string, number> => {
     const out: Record<string, number> = {};
-    const table = procTable();
+    const table = processTable();
     for (const [name, pid] of Object.entries(p.cpuTrees)) {
-      const t = treeCpu(table, pid);
+      const t = treeCpuMicros(table, pid);
       out[name] = t.cpu;
       processes[name] = t.processes;
     }
@@ -310,10 +271,6 @@ async function run(p: PolicyRunParams, onPhase: (phase: 'measure' | 'stopped') =
   if (failure) throw failure;
 
   const seconds = (tEnd - tStart) / 1000;
-  const sorted = lat.subarray(0, count).sort();
-  const q = (f: number) => (count ? sorted[Math.min(count - 1, Math.floor(f * count))]! : 0);
-  let sum = 0;
-  for (let i = 0; i < count; i++) sum += sorted[i]!;
   const cpuUsPerRequest: Record<string, number> = {};
   let measured = clientEnd.user + clientEnd.system;
   for (const name of [...Object.keys(p.cpuTrees), ...Object.keys(p.cpuPids)]) {
@@ -327,7 +284,7 @@ async function run(p: PolicyRunParams, onPhase: (phase: 'measure' | 'stopped') =
     requests: count,
     seconds,
     requestsPerSecond: seconds > 0 ? count / seconds : 0,
-    latencyUs: { mean: count ? sum / count : 0, p50: q(0.5), p90: q(0.9), p99: q(0.99), p999: q(0.999), max: count ? sorted[count - 1]! : 0 },
+    latencyUs: latencySummary(lat, count),
     replies,
     actions: Object.fromEntries([...actions].sort((a, b) => b[1] - a[1])),
     cpuUsPerRequest,

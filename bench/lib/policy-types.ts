@@ -1,4 +1,5 @@
 // Messages between bench/policy.ts and its load generator and DNS processes.
+import type { LatencyStats } from './latency.ts';
 
 /** One policy request of the stream; the instance value is filled in per connection at send time. */
 export interface StreamRequest {
@@ -37,15 +38,6 @@ export interface PolicyRunParams {
 }
 
 export type ReplyClass = 'DUNNO' | 'PREPEND' | 'REJECT' | 'DEFER' | 'OK' | 'WARN' | 'other';
-
-export interface LatencyStats {
-  readonly mean: number;
-  readonly p50: number;
-  readonly p90: number;
-  readonly p99: number;
-  readonly p999: number;
-  readonly max: number;
-}
 
 export interface PolicyRunResult {
   readonly requests: number;

@@ -3,7 +3,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 
@@ -26,6 +26,66 @@ export function cpuMicros(pid: number): number {
 export function childrenCpuMicros(statText: string): number {
   const f = statFields(statText);
   return (Number(f[13]) + Number(f[14])) * TICK_US;
+}
+
+/** One process in a /proc snapshot: its parent and CPU in µs. */
+export interface ProcessEntry {
+  readonly ppid: number;
+  /** utime + stime. */
+  readonly self: number;
+  /**
+   * cutime + cstime: children that exited and were waited for. A child that
+   * exits moves its CPU here when reaped, so a tree's sum only ever grows and
+   * the difference of two snapshots is what the tree used between them.
+   */
+  readonly reaped: number;
+}
+
+/** Every process's parent and CPU, read once from /proc. */
+export function processTable(): Map<number, ProcessEntry> {
+  const table = new Map<number, ProcessEntry>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${name}/stat`, 'latin1');
+    } catch {
+      continue; // gone meanwhile
+    }
+    const f = statFields(text);
+    table.set(Number(name), { ppid: Number(f[1]), self: (Number(f[11]) + Number(f[12])) * TICK_US, reaped: (Number(f[13]) + Number(f[14])) * TICK_US });
+  }
+  return table;
+}
+
+/** The pids of `root` and all its descendants in `table` (none if root is gone). */
+export function treePids(table: ReadonlyMap<number, ProcessEntry>, root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const [pid, p] of table) {
+    const list = children.get(p.ppid);
+    if (list) list.push(pid);
+    else children.set(p.ppid, [pid]);
+  }
+  const out: number[] = [];
+  const stack = [root];
+  while (stack.length) {
+    const pid = stack.pop()!;
+    if (!table.has(pid)) continue;
+    out.push(pid);
+    stack.push(...(children.get(pid) ?? []));
+  }
+  return out;
+}
+
+/** CPU µs of a process tree (own and reaped, every process) and how many processes it has. */
+export function treeCpuMicros(table: ReadonlyMap<number, ProcessEntry>, root: number): { cpu: number; processes: number } {
+  const pids = treePids(table, root);
+  let cpu = 0;
+  for (const pid of pids) {
+    const p = table.get(pid)!;
+    cpu += p.self + p.reaped;
+  }
+  return { cpu, processes: pids.length };
 }
 
 /** System-wide busy and steal CPU time since boot (all cores, from /proc/stat), in µs. */
@@ -99,6 +159,20 @@ export function killAtExit(pid: number): () => void {
 
 export function removeAtExit(dir: string): void {
   exitDirs.add(dir);
+}
+
+/**
+ * A temp dir for one benchmark run, removed on every exit path unless `keep`.
+ * `shared`: mode 0755, for daemons that drop privileges and read from it.
+ */
+export function benchTempDir(prefix: string, opts: { keep?: boolean | undefined; shared?: boolean }): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  if (opts.shared) chmodSync(dir, 0o755);
+  if (!opts.keep) {
+    removeAtExit(dir);
+    onCleanup('remove temp dir', () => rmSync(dir, { recursive: true, force: true }));
+  }
+  return dir;
 }
 
 export function runCleanups(): Promise<void> {

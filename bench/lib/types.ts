@@ -1,4 +1,5 @@
 // Messages between bench/socketmap.ts and its load generator process.
+import type { LatencyStats } from './latency.ts';
 
 export interface RunParams {
   /** UNIX socket of the socketmap server. */
@@ -27,7 +28,7 @@ export interface RunResult {
   readonly seconds: number;
   readonly lookupsPerSecond: number;
   /** Latency (send → complete reply) in µs. */
-  readonly latencyUs: { readonly mean: number; readonly p50: number; readonly p90: number; readonly p99: number; readonly p999: number; readonly max: number };
+  readonly latencyUs: LatencyStats;
   readonly statuses: { readonly OK: number; readonly NOTFOUND: number; readonly TEMP: number; readonly PERM: number; readonly other: number };
   /** CPU µs per measured lookup, per pid name from cpuPids. */
   readonly cpuUsPerLookup: Readonly<Record<string, number>>;
