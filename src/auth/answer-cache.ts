@@ -11,7 +11,7 @@
 // reload drops them all. A password change, disable or removal therefore
 // reaches logins within about a second, and other users stay cached.
 import { TtlCache } from '../core/ttl-cache.ts';
-import type { DirectoryChange, Mailbox } from '../directory/types.ts';
+import { dropsEveryAnswer, type DirectoryChange, type Mailbox } from '../directory/types.ts';
 
 export interface AnswerCacheSettings {
   /** How long an entry is used; 0 disables the cache. */
@@ -72,7 +72,7 @@ export class AnswerCache {
   /** Drops what `change` can touch: the users of changed mailboxes; everything on a domain change or a reload. */
   changed(change: DirectoryChange | undefined): void {
     this.#generation++;
-    if (!change || change.all || change.keys.some((k) => k.kind === 'domain')) {
+    if (dropsEveryAnswer(change)) {
       this.flush();
       return;
     }

@@ -298,20 +298,19 @@ export class Daemon {
           state.listeners.set(name, old);
           continue;
         }
-        if (old) retired.push(old);
-        if (!section) continue;
-        const holder = held.get(formatListen(section.listen));
-        if (holder !== undefined) {
-          if (holder !== name) throw new Error(`${name}: ${formatListen(section.listen)} is in use by the running ${holder} service`);
+        const holder = section && held.get(formatListen(section.listen));
+        if (holder === name) {
           sameAddress.push(name);
           continue;
         }
+        if (old) retired.push(old);
+        if (!section) continue;
+        if (holder !== undefined) throw new Error(`${name}: ${formatListen(section.listen)} is in use by the running ${holder} service`);
         state.listeners.set(name, await spec.start(this, state.config));
         started.push(name);
       }
       for (const name of sameAddress) {
         const old = previous!.listeners.get(name)!;
-        retired.splice(retired.indexOf(old), 1);
         reopened.push(name);
         await old.close(SHUTDOWN_GRACE_MS);
         state.listeners.set(name, await SERVICES[name].start(this, state.config));

@@ -81,6 +81,14 @@ export type DirectoryChange = { readonly all: true } | { readonly all: false; re
 
 export const ALL_CHANGED: DirectoryChange = Object.freeze({ all: true as const });
 
+/**
+ * True when a cache of answers must drop everything: no details, "everything
+ * changed", or a domain changed (a domain stands for all its rows; rare).
+ */
+export function dropsEveryAnswer(change: DirectoryChange | undefined): change is { readonly all: true } | undefined {
+  return !change || change.all || change.keys.some((k) => k.kind === 'domain');
+}
+
 /** Point reads on the hot path (socketmap, policy, auth). */
 export interface DirectoryReader {
   findDomain(name: string): Promise<Domain | undefined>;

@@ -13,7 +13,7 @@
 // sender logins, alias domains) is "wide" and dropped on every change. A domain
 // change drops everything: domain changes are rare.
 import { addressKey, catchAllKey, normalizeDomain, parseAddress, splitExtension } from '../core/address.ts';
-import type { DirectoryChange } from '../directory/types.ts';
+import { dropsEveryAnswer, type DirectoryChange } from '../directory/types.ts';
 import type { LookupResult, MapName } from './maps.ts';
 
 interface Entry {
@@ -105,7 +105,7 @@ export class LookupCache {
 
   /** Drops every answer `change` can have touched. */
   changed(change: DirectoryChange | undefined): void {
-    if (!change || change.all || change.keys.some((k) => k.kind === 'domain')) {
+    if (dropsEveryAnswer(change)) {
       this.flush();
       return;
     }
